@@ -1,0 +1,24 @@
+"""Runs `python -m vit_jax.main` in a child process with a chosen number of CPU devices."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env(devices: int = 1, **extra: str) -> dict:
+    e = dict(os.environ)
+    e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""))
+    e.update(extra)
+    return e
+
+
+def command(workdir: str, *overrides: str, config: str = "tests/tiny_config.py") -> list[str]:
+    return [sys.executable, "-m", "vit_jax.main", f"--config={os.path.join(ROOT, config)}",
+            f"--workdir={workdir}", *overrides]
+
+
+def run(workdir: str, *overrides: str, devices: int = 1, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(command(workdir, *overrides), env=env(devices), cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)

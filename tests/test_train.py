@@ -1,0 +1,141 @@
+"""The training loop end to end on a tiny config: files, resume, accumulation, NaN guard."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.tiny_config import get_config
+from vit_jax import checkpoint, metrics, objectives, optim, train, validate
+from vit_jax.objectives.supervised import Supervised
+
+
+def snapshot(workdir):
+    """Every file under workdir with its bytes (for 'nothing was touched' checks)."""
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, workdir)] = fh.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    summary = train.run(get_config(), workdir)
+    return workdir, summary
+
+
+def test_run_writes_config_metrics_and_checkpoints(finished_run):
+    workdir, summary = finished_run
+    cfg = json.load(open(os.path.join(workdir, "config.json")))
+    assert cfg["model_name"] == "vit_tiny_patch2_8" and cfg["total_steps"] == 12
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    train_steps = [r["step"] for r in rows if "train/loss" in r]
+    assert train_steps == [2, 4, 6, 8, 10, 12]
+    evals = [r for r in rows if "eval/test/accuracy" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    for r in evals:
+        assert 0.0 <= r["eval/test/accuracy"] <= 1.0 and r["eval/test/loss"] > 0
+    assert all(np.isfinite(r["train/loss"]) and r["train/lr"] > 0 for r in rows if "train/loss" in r)
+    assert sorted(checkpoint.Checkpointer(workdir).all_steps())[-3:] == [4, 8, 12]
+    assert summary["step"] == 12 and summary["eval/test/accuracy"] == evals[-1]["eval/test/accuracy"]
+
+
+def test_loss_falls(finished_run):
+    rows = metrics.read_jsonl(os.path.join(finished_run[0], "metrics.jsonl"))
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < losses[0]
+
+
+def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run[0], workdir)
+    cfg = get_config()
+    cfg.total_steps = 16
+    train.run(cfg, workdir)
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6, 8, 10, 12, 14, 16]
+    # the changed config is kept beside the new one
+    assert any(f.startswith("config.") and f != "config.json" for f in os.listdir(workdir))
+
+
+def _plan_and_state(cfg):
+    plan = validate.validate(cfg)
+    ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
+    params, extra = plan.objective.init(jax.random.PRNGKey(0), ex)
+    tx, schedule = optim.make_optimizer(cfg, params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "extra": extra, "rng": jax.random.PRNGKey(1)}
+    return plan, tx, schedule, state
+
+
+def test_gradient_accumulation_equals_full_batch():
+    cfg = get_config()
+    plan, tx, schedule, state = _plan_and_state(cfg)
+    rs = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rs.standard_normal((16, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rs.integers(0, 10, 16), jnp.int32)}
+    outs = []
+    for accum in (1, 4):
+        step = jax.jit(train.make_train_step(plan.objective, tx, schedule, accum, 0.0))
+        outs.append(step(state, batch))
+    (s1, m1), (s4, m4) = outs
+    np.testing.assert_allclose(m1["train/loss"], m4["train/loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["train/grad_norm"], m4["train/grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s4["params"])):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_ema_tracks_params(tmp_path):
+    cfg = get_config()
+    cfg.ema_decay = 0.5
+    cfg.total_steps = 4
+    cfg.eval_every = 4
+    summary = train.run(cfg, str(tmp_path))
+    assert "eval/test_ema/accuracy" in summary and "eval/test/accuracy" in summary
+
+
+class NanAfterStep3(Supervised):
+    """Supervised, but the loss turns NaN from step 5 on (a blown-up run)."""
+    name = "nan_after_step3"
+
+    def loss(self, params, extra, batch, rng, step):
+        loss, aux = super().loss(params, extra, batch, rng, step)
+        return jnp.where(step >= 5, jnp.nan, loss), aux
+
+
+def test_nan_guard_stops_and_keeps_earlier_checkpoints_and_metrics(tmp_path):
+    objectives.register("nan_after_step3", NanAfterStep3)
+    cfg = get_config()
+    cfg.objective = "nan_after_step3"
+    cfg.total_steps = 12
+    cfg.checkpoint_every = 2
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 6"):
+        train.run(cfg, str(tmp_path))
+    ck = checkpoint.Checkpointer(str(tmp_path))
+    assert ck.latest_step() == 4  # step 6 was never saved
+    params = checkpoint.load_params(str(tmp_path))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(np.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_failing_run_leaves_workdir_untouched(finished_run):
+    workdir = finished_run[0]
+    before = snapshot(workdir)
+    cfg = get_config()
+    cfg.batch_size = 7  # not divisible by the 8 devices
+    with pytest.raises(validate.ConfigError):
+        train.run(cfg, workdir)
+    cfg = get_config()
+    cfg.model.width = 15  # not divisible by num_heads
+    with pytest.raises(validate.ConfigError):
+        train.run(cfg, workdir)
+    assert snapshot(workdir) == before

@@ -1,0 +1,127 @@
+"""Train-step throughput: `python -m vit_jax.bench --model NAME --batch B [--steps N]`.
+
+Times the same jitted train step that train.py runs (supervised objective, AdamW, random
+data already on device), reporting compile time apart from step time. Step time is the
+median over `--repeats` timed windows of `--steps` steps each. TFLOP/s use XLA's own
+FLOP count of the compiled step; MFU divides by the device's peak where it is known.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense peak TFLOP/s per device, by jax device_kind (bf16 unless noted).
+PEAK_TFLOPS = {
+        "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100": 989.0, "NVIDIA H200": 989.0,
+        "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A100-SXM4-40GB": 312.0, "NVIDIA A100 80GB PCIe": 312.0,
+        "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5": 459.0, "TPU v6 lite": 918.0,
+}
+
+
+def _peak(kind: str) -> float | None:
+    for name, peak in PEAK_TFLOPS.items():
+        if kind.startswith(name):
+            return peak
+    return None
+
+
+def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size: int | None = None,
+                    dtype: str = "float32", num_classes: int = 1000, mesh: tuple[int, int, int] = (-1, 1, 1),
+                    overrides: dict | None = None) -> dict:
+    from vit_jax import config_base, models, objectives, optim, sharding, train
+    from vit_jax.data.info import DataInfo
+
+    cfg = config_base.base_config()
+    cfg.model_name = model
+    for k, v in (overrides or {}).items():
+        cfg.model[k] = v
+    if dtype != "float32":
+        cfg.model.dtype = dtype
+    size = image_size or getattr(models.create(model), "image_size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    cfg.total_steps = 10_000
+    cfg.optim.warmup_steps = 100
+    info = DataInfo(num_classes=num_classes, image_shape=(size, size, 3), num_train=batch)
+    objective = objectives.build(cfg, info)
+    mesh_ = sharding.make_mesh(*mesh)
+
+    rng = jax.random.PRNGKey(0)
+    example = {"image": jnp.zeros((1, size, size, 3)), "label": jnp.zeros((1,), jnp.int32)}
+
+    def init_state(rng):
+        params, extra = objective.init(rng, example)
+        tx, _ = optim.make_optimizer(cfg, params)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                        "extra": extra, "rng": rng}
+
+    abstract = jax.eval_shape(init_state, rng)
+    shardings = sharding.tree_shardings(abstract, mesh_)
+    tx, schedule = optim.make_optimizer(cfg, abstract["params"])
+    state = jax.jit(init_state, out_shardings=shardings)(rng)
+    rs = np.random.default_rng(0)
+    data = sharding.global_batch({
+            "image": rs.standard_normal((batch, size, size, 3), dtype=np.float32),
+            "label": rs.integers(0, num_classes, (batch,)).astype(np.int32)}, mesh_)
+    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, 1, 0.0),
+                                        in_shardings=(shardings, sharding.batch_sharding(mesh_)),
+                                        out_shardings=(shardings, sharding.replicated(mesh_)), donate_argnums=(0,))
+
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    state, m = compiled(state, data)  # warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, m = compiled(state, data)
+        jax.block_until_ready((state, m))
+        times.append((time.perf_counter() - t0) / steps)
+    step_s = statistics.median(times)
+    n_dev = jax.device_count()
+    kind = jax.devices()[0].device_kind
+    peak = _peak(kind)
+    # cost_analysis reports the per-device program's FLOPs
+    tflops = flops * n_dev / step_s / 1e12
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
+    return {
+            "model": model, "params": n_params, "batch": batch, "image_size": size, "dtype": dtype,
+            "device": f"{n_dev} x {kind} ({jax.default_backend()})", "compile_s": round(compile_s, 2),
+            "step_ms": round(step_s * 1e3, 2), "step_ms_runs": [round(t * 1e3, 2) for t in times],
+            "images_per_sec": round(batch / step_s, 2), "gflop_per_step": round(flops * n_dev / 1e9, 1),
+            "tflops": round(tflops, 3),
+            "mfu": round(tflops / (peak * n_dev), 4) if peak else None,
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
+    p.add_argument("--image_size", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--json", action="store_true", help="print one JSON object only")
+    a = p.parse_args(argv)
+    r = bench(a.model, a.batch, a.steps, a.repeats, a.image_size, a.dtype)
+    if a.json:
+        print(json.dumps(r))
+        return
+    for k, v in r.items():
+        print(f"{k:>16}: {v}")
+
+
+if __name__ == "__main__":
+    main()

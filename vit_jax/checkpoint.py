@@ -1,0 +1,89 @@
+"""Checkpoints: an orbax CheckpointManager under WORKDIR/checkpoints.
+
+Each checkpoint holds the whole train state (parameters, optimizer state, extra
+method state, EMA, step, rng) and the data-iterator state, so a run that is killed
+and started again on the same workdir continues exactly. Saves are asynchronous;
+orbax writes into a temporary directory and renames it when complete, so a run
+killed mid-save leaves the earlier checkpoints as they were.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CorruptCheckpointError(RuntimeError):
+    pass
+
+
+class Checkpointer:
+    """Keeps the last `keep` checkpoints of a run; `async_save` overlaps writing with training."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                                                      enable_async_checkpointing=async_save,
+                                                                                      cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                                                  item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                                                        data=ocp.args.JsonSave(data_state)),
+                                            force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores into the shapes, dtypes and shardings of `abstract_state`.
+
+        Raises CorruptCheckpointError naming the directory when the files do not match.
+        """
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for unreadable or mismatched files
+            raise CorruptCheckpointError(
+                    f"cannot restore checkpoint {self.directory}/{step}: {type(e).__name__}: {e}\n"
+                    "The checkpoint is unreadable or was written by a different model/config. Start a "
+                    "new --workdir, or delete that step directory to resume from an earlier one.") from e
+        return out["state"], out["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings, for `restore`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                                            tree, shardings)
+
+
+def load_params(workdir_or_dir: str, step: int | None = None) -> Any:
+    """The parameters of a vit_jax run (for evaluation or fine-tuning), as numpy arrays.
+
+    `workdir_or_dir` is a run's workdir or its checkpoints/ directory.
+    """
+    directory = workdir_or_dir
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        directory = os.path.join(directory, "checkpoints")
+    mngr = ocp.CheckpointManager(os.path.abspath(directory),
+                                                              options=ocp.CheckpointManagerOptions(read_only=True),
+                                                              item_names=("state", "data"))
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return state["params"]

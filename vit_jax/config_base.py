@@ -1,0 +1,54 @@
+"""The defaults every config starts from; a config file overrides what its recipe needs.
+
+All keys exist here, so a misspelt `--config.key=value` is an error, not a silent no-op.
+Method sections (e.g. `supervised`) live beside the shared ones; a new method's config
+file adds its own section with `config.NAME = ml_collections.ConfigDict(...)`.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.objective = "supervised"
+    c.model_name = "vit_tiny_patch16_224"
+    c.model = mlc.ConfigDict()        # overrides of the model's fields, e.g. depth, drop_path_rate
+
+    c.data = mlc.ConfigDict(dict(
+            name="mnist5k",               # mnist5k | digits | tfds:NAME | folder:/path
+            train_split="train",
+            eval_split="test",            # "" turns evaluation off
+            data_dir="",                  # tfds data_dir ("" = tfds default)
+            # big_vision-style transform strings, see vit_jax/data/transforms.py
+            train_transform="normalize('mnist')",
+            eval_transform="normalize('mnist')",
+            workers=4,                    # host threads for transforms
+            prefetch=2,                   # batches in flight
+    ))
+    c.batch_size = 128                # global batch (all processes, all devices)
+    c.eval_batch_size = 256
+    c.grad_accum_steps = 1            # microbatches per step; batch_size is split over them
+    c.total_steps = -1                # -1: from num_epochs
+    c.num_epochs = 10.0
+
+    c.optim = mlc.ConfigDict(dict(
+            name="adamw", lr=1e-3, schedule="cosine", warmup_steps=0, end_lr=0.0,
+            b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, clip_norm=1.0,
+    ))
+    c.ema_decay = 0.0                 # > 0 keeps an EMA of the parameters, evaluated as eval/<split>_ema
+    c.dtype = "float32"               # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    c.supervised = mlc.ConfigDict(dict(
+            label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0))
+
+    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    c.log_every = 50
+    c.eval_every = 500                # 0: only at the end
+    c.checkpoint_every = 500          # 0: only at the end
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+    c.tensorboard = True
+    c.progress = True                 # print a progress line at each log step
+    return c

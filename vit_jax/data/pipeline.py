@@ -1,0 +1,130 @@
+"""The input pipeline: deterministic, sharded by process, resumable from one integer.
+
+Example at global stream position g (step n, row r of the global batch: g = n*B + r)
+is `source[perm_e[g % N]]` with `perm_e` a permutation seeded by (seed, epoch e = g // N),
+transformed with a numpy Generator seeded by (seed, g). So a batch depends only on the
+seed and its step: resuming needs nothing but the next step (`state()`), and P processes
+each computing rows [p*b, (p+1)*b) of the global batch together produce exactly the
+batch one process would. Transforms run on a thread pool (PIL and numpy release the
+GIL) with a few batches in flight.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+def _stack(examples: Sequence[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+class TrainPipeline:
+    """Endless shuffled stream of this process' part of each global batch.
+
+    Args:
+        source: random-access sequence of example dicts (`len`, `__getitem__`).
+        transform: `f(example, rng) -> example`, e.g. from `data.transforms.build`.
+        global_batch: rows per step over all processes.
+        seed: one integer fixes the order and every random transform.
+        process_index, process_count: which rows this process produces.
+    """
+
+    def __init__(self, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
+                              process_index: int = 0, process_count: int = 1, workers: int = 4,
+                              prefetch: int = 2, start_step: int = 0):
+        if global_batch % process_count:
+            raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
+        if len(source) == 0:
+            raise ValueError("the training source is empty")
+        self.source, self.transform = source, transform
+        self.global_batch, self.seed = global_batch, seed
+        self.local_batch = global_batch // process_count
+        self.offset = process_index * self.local_batch
+        self.prefetch = max(prefetch, 1)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
+        self._queue: collections.deque = collections.deque()
+        self.set_state({"step": start_step})
+
+    # -- state: the step of the next batch returned ---------------------------------
+    def state(self) -> dict[str, int]:
+        return {"step": self._next}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for futs in self._queue:
+            for fut in futs:
+                fut.cancel()
+        self._queue.clear()
+        self._next = int(state["step"])
+        self._submitted = self._next
+
+    def epoch(self, step: int | None = None) -> float:
+        step = self._next if step is None else step
+        return step * self.global_batch / len(self.source)
+
+    # -- production ------------------------------------------------------------------
+    def _example(self, g: int) -> dict:
+        n = len(self.source)
+        idx = int(_permutation(self.seed, g // n, n)[g % n])
+        rng = np.random.default_rng([self.seed, g])
+        return self.transform(dict(self.source[idx]), rng)
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """This process' rows of global batch `step`, computed synchronously."""
+        first = step * self.global_batch + self.offset
+        return _stack(list(self._pool.map(self._example, range(first, first + self.local_batch))))
+
+    def _submit(self) -> None:
+        while len(self._queue) < self.prefetch:
+            first = self._submitted * self.global_batch + self.offset
+            futs = [self._pool.submit(self._example, g) for g in range(first, first + self.local_batch)]
+            self._queue.append(futs)
+            self._submitted += 1
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._submit()
+        futs = self._queue.popleft()
+        self._next += 1
+        self._submit()
+        return _stack([f.result() for f in futs])
+
+    def close(self) -> None:
+        self.set_state(self.state())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], global_batch: int,
+                                  process_index: int = 0, process_count: int = 1,
+                                  workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass over `source`, padded to whole global batches.
+
+    Each batch carries `"mask"` (1.0 for real rows, 0.0 for padding), so metrics
+    averaged with it count every example exactly once.
+    """
+    if global_batch % process_count:
+        raise ValueError(f"eval batch size {global_batch} is not divisible by {process_count} processes")
+    n, local = len(source), global_batch // process_count
+    num_batches = -(-n // global_batch)
+
+    def example(g: int) -> dict:
+        ex = transform(dict(source[min(g, n - 1)]))
+        ex["mask"] = np.float32(g < n)
+        return ex
+
+    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+        for step in range(num_batches):
+            first = step * global_batch + process_index * local
+            yield _stack(list(pool.map(example, range(first, first + local))))

@@ -1,0 +1,373 @@
+"""Per-example host transforms (numpy + PIL), deterministic given a ``np.random.Generator``.
+
+Images are np.uint8 (H, W, C) with C in {1, 3} until :func:`normalize`, which returns float32.
+Randomness only ever comes from the ``rng`` argument, so a pipeline that derives one Generator per
+(seed, epoch, index) is exactly reproducible and resumable.
+
+A pipeline is written as a big_vision-style spec string, ops separated by "|":
+    "random_resized_crop(scale=(0.5, 1))|flip|randaug(2, 9)|normalize"
+Arguments are Python literals read with ``ast.literal_eval`` (never ``eval``). Ops that take a size
+use ``image_size`` from :func:`build` when the spec omits it. Valid names: ``OPS`` and ``ALIASES``.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+# Preset (mean, std) in [0, 1] pixel units.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # -> [-1, 1], as the original ViT
+STATS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "mnist": (MNIST_MEAN, MNIST_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "inception": (INCEPTION_MEAN, INCEPTION_STD),
+    "none": ((0.0,), (1.0,)),  # x / 255 only
+}
+
+Size = int | tuple[int, int]
+
+
+def get_stats(mean: Sequence[float] | str, std: Sequence[float] | None = None
+              ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(preset name, None) or (mean, std) -> (mean, std). Presets: see STATS."""
+    if isinstance(mean, str):
+        if mean not in STATS:
+            raise ValueError(f"unknown normalization preset {mean!r}; valid: {', '.join(STATS)}")
+        if std is not None:
+            raise ValueError(f"give std only with an explicit mean, not with the preset {mean!r}")
+        return STATS[mean]
+    if std is None:
+        raise ValueError(f"mean {tuple(mean)} needs an explicit std (or use a preset name)")
+    return tuple(float(m) for m in mean), tuple(float(v) for v in std)
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _check(img: np.ndarray) -> np.ndarray:
+    if img.ndim != 3 or img.shape[-1] not in (1, 3) or img.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (H, W, 1|3) image, got {img.dtype} {img.shape}")
+    return img
+
+
+# PIL wants "L" (H, W) or "RGB" (H, W, 3); these two helpers keep the trailing channel axis.
+def to_pil(img: np.ndarray) -> Image.Image:
+    img = _check(img)
+    return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+
+
+def from_pil(im: Image.Image) -> np.ndarray:
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _resize_box(img: np.ndarray, hw: tuple[int, int], box: tuple[float, float, float, float] | None
+                = None, resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resize (the (left, top, right, bottom) box of) img to hw; PIL antialiases when shrinking."""
+    return from_pil(to_pil(img).resize((hw[1], hw[0]), resample=resample, box=box))
+
+
+def random_resized_crop_box(h: int, w: int, scale: tuple[float, float] = (0.08, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3), *,
+                            rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box for an h x w image -> (top, left, height, width).
+
+    Up to 10 draws of area ~ U(scale) * h*w and log-aspect ~ U(log ratio); the first box that fits
+    is used. Otherwise fall back to a center crop of the whole image clamped to the ratio range.
+    """
+    area, log_r = h * w, (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_r))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    if w / h < min(ratio):
+        cw, ch = w, round(w / min(ratio))
+    elif w / h > max(ratio):
+        cw, ch = round(h * max(ratio)), h
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def random_resized_crop(img: np.ndarray, size: Size, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), *, rng: np.random.Generator
+                        ) -> np.ndarray:
+    """Inception crop (see random_resized_crop_box), resized bilinearly: (H, W, C) -> (h, w, C)."""
+    top, left, ch, cw = random_resized_crop_box(*_check(img).shape[:2], scale, ratio, rng=rng)
+    return _resize_box(img, _hw(size), (left, top, left + cw, top + ch))
+
+
+def random_flip(img: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Horizontal flip with probability p. (H, W, C) -> (H, W, C)."""
+    return img[:, ::-1] if rng.random() < p else img
+
+
+def resize(img: np.ndarray, size: Size) -> np.ndarray:
+    """int: shorter side -> size, aspect kept (torchvision rule); (h, w): exact size."""
+    h, w = _check(img).shape[:2]
+    if not np.isscalar(size):
+        return _resize_box(img, _hw(size))
+    size = int(size)
+    hw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    return img if hw == (h, w) else _resize_box(img, hw)
+
+
+def center_crop(img: np.ndarray, size: Size) -> np.ndarray:
+    """Central (h, w) crop; an image smaller than the crop is first zero-padded around."""
+    ch, cw = _hw(size)
+    h, w = _check(img).shape[:2]
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        img = np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+        h, w = img.shape[:2]
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return img[top:top + ch, left:left + cw]
+
+
+def resize_center_crop(img: np.ndarray, size: Size, crop_pct: float = 0.875) -> np.ndarray:
+    """Eval transform: shorter side -> floor(size / crop_pct), then center crop size (timm rule)."""
+    ch, cw = _hw(size)
+    return center_crop(resize(img, int(math.floor(min(ch, cw) / crop_pct))), (ch, cw))
+
+
+def random_crop_with_padding(img: np.ndarray, size: Size, padding: int, rng: np.random.Generator,
+                             fill: int = 0) -> np.ndarray:
+    """CIFAR-style: pad each side by ``padding`` with ``fill``, then a uniform random crop."""
+    ch, cw = _hw(size)
+    padded = np.pad(_check(img), ((padding, padding), (padding, padding), (0, 0)),
+                    constant_values=fill)
+    h, w = padded.shape[:2]
+    if h < ch or w < cw:
+        raise ValueError(f"crop {ch}x{cw} larger than the padded image {h}x{w}")
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return padded[top:top + ch, left:left + cw]
+
+
+def normalize(img: np.ndarray, mean: Sequence[float] | str = "imagenet",
+              std: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 (H, W, C) -> float32 (x / 255 - mean) / std. mean may be a preset name (std None).
+
+    A 1-value mean/std broadcasts over any channel count; a 3-value one on a 1-channel image is an
+    error (silently making 3 channels would hide a config mistake: use to_rgb first).
+    """
+    mean, std = get_stats(mean, std)
+    mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    c = _check(img).shape[-1]
+    for what, v in (("mean", mean), ("std", std)):
+        if len(v) not in (1, c):
+            raise ValueError(f"{what} {v} does not fit a {c}-channel image (to_rgb / to_gray?)")
+    return (img.astype(np.float32) * np.float32(1 / 255) - mean_a) / std_a
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """(H, W, 1) -> (H, W, 3) by repetition; RGB passes through."""
+    return np.repeat(img, 3, axis=-1) if _check(img).shape[-1] == 1 else img
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W, 1) with PIL's ITU-R 601-2 luma; gray passes through."""
+    return from_pil(to_pil(img).convert("L")) if _check(img).shape[-1] == 3 else img
+
+
+# RandAugment op set of timm's rand_augment_transform (the non-"Increasing" variants).
+RAND_AUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+                    "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX",
+                    "ShearY", "TranslateX", "TranslateY")
+_ENHANCERS = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
+              "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
+
+
+def _ra_apply(im: Image.Image, name: str, level: float, rng: np.random.Generator,
+              fill: int | tuple[int, ...]) -> Image.Image:
+    """One RandAugment op at level = magnitude / 10 in [0, 1] (timm's level -> argument maps)."""
+    if name == "AutoContrast":
+        return ImageOps.autocontrast(im)
+    if name == "Equalize":
+        return ImageOps.equalize(im)
+    if name == "Invert":
+        return ImageOps.invert(im)
+    if name == "Posterize":  # keep int(4 * level) high bits: 0..4, lower is stronger (timm)
+        mask = (0xFF << (8 - int(level * 4))) & 0xFF  # own LUT: PIL's posterize rejects 0 bits
+        return im.point([i & mask for i in range(256)] * len(im.getbands()))
+    if name == "Solarize":  # threshold 0..256: pixels >= threshold are inverted
+        return ImageOps.solarize(im, int(level * 256))
+    if name == "SolarizeAdd":  # add 0..110 to pixels below 128
+        add = int(level * 110)
+        lut = [min(255, i + add) if i < 128 else i for i in range(256)]
+        return im.point(lut * len(im.getbands()))
+    if name in _ENHANCERS:  # factor 0.1..1.9, 1 = identity
+        return _ENHANCERS[name](im).enhance(level * 1.8 + 0.1)
+    # Geometric ops: random sign, random bilinear/bicubic as timm, constant fill outside.
+    sign = -1.0 if rng.random() < 0.5 else 1.0
+    resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
+    if len(im.getbands()) > 1 and np.isscalar(fill):
+        fill = (int(fill),) * len(im.getbands())
+    if name == "Rotate":  # up to 30 degrees
+        return im.rotate(sign * level * 30.0, resample=resample, fillcolor=fill)
+    v = sign * level * 0.3  # shear up to 0.3
+    if name == "TranslateX":  # up to 45% of the width / height
+        coeffs = (1, 0, sign * level * 0.45 * im.size[0], 0, 1, 0)
+    elif name == "TranslateY":
+        coeffs = (1, 0, 0, 0, 1, sign * level * 0.45 * im.size[1])
+    elif name == "ShearX":
+        coeffs = (1, v, 0, 0, 1, 0)
+    elif name == "ShearY":
+        coeffs = (1, 0, 0, v, 1, 0)
+    else:
+        raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RAND_AUGMENT_OPS)}")
+    return im.transform(im.size, Image.AFFINE, coeffs, resample=resample, fillcolor=fill)
+
+
+def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
+                 magnitude_std: float = 0.5, *, rng: np.random.Generator,
+                 fill: int | tuple[int, ...] = 128, prob: float = 0.5,
+                 ops: Sequence[str] = RAND_AUGMENT_OPS) -> np.ndarray:
+    """timm-style RandAugment "rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}". (H, W, 1|3) uint8.
+
+    ``num_ops`` ops drawn with replacement from ``ops``; each is applied with probability ``prob``
+    (0.5 in timm) at magnitude ~ N(magnitude, magnitude_std) (U(0, magnitude) when std is inf),
+    clipped to [0, 10]. ``fill`` colours the area that geometric ops uncover.
+    """
+    im = to_pil(img)
+    for k in rng.integers(0, len(ops), size=num_ops):
+        if rng.random() >= prob:
+            continue
+        m = magnitude
+        if magnitude_std == float("inf"):
+            m = rng.uniform(0.0, magnitude)
+        elif magnitude_std > 0:
+            m = rng.normal(magnitude, magnitude_std)
+        im = _ra_apply(im, ops[int(k)], float(np.clip(m, 0.0, 10.0)) / 10.0, rng, fill)
+    return from_pil(im)
+
+
+# ----------------------------------------------------------------------------- spec strings
+# Spec op name -> function. A spec's arguments bind to the function's parameters after ``img``,
+# skipping ``rng`` (which the pipeline passes); an op is random iff its function takes ``rng``.
+OPS: dict[str, Callable[..., np.ndarray]] = {
+    f.__name__: f for f in (random_resized_crop, random_flip, resize, center_crop,
+                            resize_center_crop, random_crop_with_padding, rand_augment, normalize,
+                            to_rgb, to_gray)}
+ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
+           "pad_crop": "random_crop_with_padding", "randaug": "rand_augment"}
+
+
+def _spec_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+              for p in inspect.signature(fn).parameters.values() if p.name not in ("img", "rng")]
+    return inspect.Signature(params)
+
+
+def _split_top(spec: str) -> list[str]:
+    """Split on "|" outside brackets and quotes."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in spec:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if depth or quote:
+        raise ValueError(f"unbalanced brackets or quotes in transform spec {spec!r}")
+    return parts + ["".join(cur)]
+
+
+def parse_op(item: str) -> tuple[str, tuple, dict[str, Any]]:
+    """'name(1, a=(2, 3))' -> ('name', (1,), {'a': (2, 3)}); literals only."""
+    item = item.strip()
+    try:
+        node = ast.parse(item, mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"cannot parse transform {item!r}: {e.msg}") from None
+    if isinstance(node, ast.Name):
+        return node.id, (), {}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise ValueError(f"transform {item!r} must look like name or name(literal args)")
+    try:
+        args = tuple(ast.literal_eval(a) for a in node.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+    except ValueError:
+        raise ValueError(f"transform {item!r}: arguments must be Python literals") from None
+    if len(kwargs) != len(node.keywords):
+        raise ValueError(f"transform {item!r}: **kwargs are not allowed")
+    return node.func.id, args, kwargs
+
+
+def build(spec: str | Sequence[str], image_size: Size | None = None,
+          mean: Sequence[float] | str = "imagenet", std: Sequence[float] | None = None
+          ) -> Callable[..., dict[str, Any]]:
+    """Spec -> fn(example, rng=None) -> example with "image" float32 (H, W, C), "label" int32.
+
+    rng (a np.random.Generator) is needed only when the spec has a random op (one taking rng).
+
+    ``spec``: "op|op(args)|..." or a list of such items. ``normalize`` must come last; when absent
+    it is appended with ``mean``/``std``: a preset name ("mnist") with std None, or both values.
+    Other example keys pass through untouched. Errors surface here, not in the first batch.
+    """
+    items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in _split_top(part)]
+    items = [s for s in (s.strip() for s in items) if s]
+    mean, std = get_stats(mean, std)
+    fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool]] = []
+    for k, item in enumerate(items):
+        name, args, kwargs = parse_op(item)
+        name = ALIASES.get(name, name)
+        if name not in OPS:
+            valid = ", ".join(sorted([*OPS, *ALIASES]))
+            raise ValueError(f"unknown transform {name!r} in {item!r}; valid: {valid}")
+        fn, sig = OPS[name], _spec_signature(OPS[name])
+        try:
+            a = sig.bind_partial(*args, **kwargs).arguments
+            if "size" in sig.parameters and "size" not in a:
+                if image_size is None:
+                    raise ValueError(f"transform {item!r} needs a size: give it or "
+                                     "build(image_size=)")
+                a["size"] = image_size
+            if name == "normalize":
+                if k != len(items) - 1:
+                    raise ValueError(f"normalize must be the last transform in {items}")
+                # bare "normalize" takes build()'s statistics; else a preset or mean+std
+                a["mean"], a["std"] = (get_stats(a["mean"], a.get("std")) if "mean" in a
+                                       else (mean, std))
+            if "ops" in a and set(a["ops"]) - set(RAND_AUGMENT_OPS):
+                raise ValueError(f"transform {item!r}: RandAugment ops are "
+                                 f"{', '.join(RAND_AUGMENT_OPS)}")
+            sig.bind(**a)  # every required argument present
+        except TypeError as e:
+            params = ", ".join(sig.parameters)
+            raise ValueError(f"transform {item!r}: {e}; parameters are ({params})") from None
+        fns.append((fn, a, "rng" in inspect.signature(fn).parameters))
+    if not any(fn is normalize for fn, _, _ in fns):
+        fns.append((normalize, {"mean": mean, "std": std}, False))
+    random_ops = [fn.__name__ for fn, _, needs_rng in fns if needs_rng]
+
+    def apply(example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        if rng is None and random_ops:  # eval pipelines call fn(example): they must be fixed
+            raise ValueError(f"transforms {random_ops} are random: call fn(example, rng)")
+        img = np.asarray(example["image"])
+        for fn, a, needs_rng in fns:
+            img = fn(img, **a, rng=rng) if needs_rng else fn(img, **a)
+        out = dict(example)
+        out["image"] = np.ascontiguousarray(img, dtype=np.float32)
+        out["label"] = np.int32(example["label"])
+        return out
+
+    return apply

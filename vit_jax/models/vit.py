@@ -1,0 +1,265 @@
+"""Vision Transformer (ViT / DeiT / MAE-style encoder) as one flax.linen module.
+
+Call contract (shared by every backbone):
+    out, aux = ViT(...).apply(variables, images, train=False, rngs={"dropout": key})
+    images: (B, H, W, C) float32, H and W multiples of the patch size (any resolution:
+    a learned pos-emb is resized on the fly, a sincos one recomputed).
+    out: logits (B, num_classes) float32, or the pooled features (B, D) when num_classes == 0.
+    aux: {"encoded": (B, N, D) final tokens after the final norm (class token first),
+          "pre_logits": (B, D), "patch_grid": (h, w) python ints}.
+
+Extension point for pre-training methods (MAE, EVA, ...), usable with
+`module.apply(variables, x, method=ViT.embed)` or from a parent module (`self.vit.embed(x)`):
+    embed(images)          -> (patch tokens (B, L, D) with pos-emb, cls (B, 1, D) with its pos | None)
+    encode(tokens, train)  -> (B, N, D): dropout, [norm_pre], blocks, final norm
+so a method can drop / replace / mask patch tokens between the two.
+
+Parameter tree (unscanned):  embedding{kernel (p,p,C,D), bias}, cls_token (1,1,D),
+pos_embed (1,1+L,D), blocks_0..blocks_{depth-1} (see layers.Block), norm, fc_norm, head.
+With scan=True the blocks are one "blocks" subtree whose leaves have a leading depth
+axis; `scan_params` / `unscan_params` convert between the two layouts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.layers import (Block, Dtype, make_norm, patch_embed_init,
+                                   resize_pos_embed, sincos_2d)
+
+Array = jax.Array
+
+_POOLS = ("token", "gap")
+_POSEMBS = ("learn", "sincos2d", "none")
+
+
+def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
+
+
+class _ScanBlock(Block):
+    """Block with the (carry, x) -> (carry, y) signature nn.scan wants; x = this layer's drop-path rate."""
+
+    def __call__(self, x: Array, rate: Array, train: bool = False) -> tuple[Array, None]:  # type: ignore[override]
+        return super().__call__(x, train, rate), None
+
+
+class ViT(nn.Module):
+    """Vision Transformer.  See the module docstring for the call contract."""
+    num_classes: int = 1000           # 0: no head, `out` is the pooled features
+    patch_size: int | tuple[int, int] = 16
+    width: int = 768                  # hidden size D
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int | None = None        # None: int(width * mlp_ratio)
+    mlp_ratio: float = 4.0
+    image_size: int | tuple[int, int] = 224   # sizes the learned pos-emb
+    in_channels: int = 3
+    pool: str = "token"               # "token" (class token) | "gap" (mean of patch tokens)
+    class_token: bool = True
+    fc_norm: bool | None = None       # None: True iff pool == "gap" (MAE fine-tuning)
+    posemb: str = "learn"             # "learn" | "sincos2d" (fixed, MAE layout) | "none"
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path_rate: float = 0.0       # linearly increasing 0 -> rate over depth (timm)
+    qkv_bias: bool = True
+    fused_qkv: bool = False           # one "qkv" Dense instead of query/key/value
+    patch_bias: bool = True           # CLIP's patch conv has no bias
+    pre_norm: bool = False            # CLIP's ln_pre before the blocks ("norm_pre")
+    norm_layer: str = "layernorm"     # "layernorm" | "rmsnorm"
+    layer_norm_eps: float = 1e-6
+    act: str = "gelu"                 # see layers.get_activation
+    init_values: float | None = None  # layer scale (DINOv2); None = off
+    head_init_std: float = 0.0        # 0: zero-init head (google ViT); MAE fine-tune uses 2e-5
+    dtype: Dtype = jnp.float32        # compute dtype; params stay param_dtype
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False               # rematerialise each block in the backward pass
+    scan: bool = False                # nn.scan over blocks (stacked params, faster compile)
+
+    def __post_init__(self) -> None:
+        # Validate static config at construction, so create(...) fails early and clearly.
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}; "
+                             "choose num_heads that divides width (e.g. width // 64).")
+        if self.pool not in _POOLS:
+            raise ValueError(f"pool must be one of {_POOLS}, got {self.pool!r}.")
+        if self.posemb not in _POSEMBS:
+            raise ValueError(f"posemb must be one of {_POSEMBS}, got {self.posemb!r}.")
+        if self.pool == "token" and not self.class_token:
+            raise ValueError("pool='token' needs class_token=True; use pool='gap' without a class token.")
+        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        if ih % ph or iw % pw:
+            raise ValueError(f"image_size {(ih, iw)} is not divisible by patch_size {(ph, pw)}; "
+                             "choose an image_size that is a multiple of the patch size.")
+        super().__post_init__()
+
+    # ------------------------------------------------------------------ derived config
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token)
+
+    @property
+    def base_grid(self) -> tuple[int, int]:
+        """Patch grid (h, w) of `image_size`, the grid the learned pos-emb is stored at."""
+        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        return ih // ph, iw // pw
+
+    @property
+    def _use_fc_norm(self) -> bool:
+        return self.pool == "gap" if self.fc_norm is None else bool(self.fc_norm)
+
+    @property
+    def _final_norm(self) -> bool:
+        # MAE global_pool: the token norm is replaced by fc_norm on the pooled features.
+        return not (self.pool == "gap" and self._use_fc_norm)
+
+    def _dp_rates(self) -> np.ndarray:
+        return np.linspace(0.0, self.drop_path_rate, self.depth)
+
+    # ------------------------------------------------------------------ modules
+    def setup(self) -> None:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        d, p = self.width, _pair(self.patch_size)
+        self.embedding = nn.Conv(d, p, strides=p, padding="VALID", use_bias=self.patch_bias,
+                                 kernel_init=patch_embed_init, **kw)
+        if self.class_token:
+            self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, d),
+                                        self.param_dtype)
+        if self.posemb == "learn":
+            gh, gw = self.base_grid
+            self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
+                                        (1, self.num_prefix_tokens + gh * gw, d), self.param_dtype)
+        self.pos_drop = nn.Dropout(self.dropout)
+        if self.pre_norm:
+            self.norm_pre = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
+
+        block_kw = dict(num_heads=self.num_heads,
+                        mlp_dim=self.mlp_dim or int(self.width * self.mlp_ratio),
+                        qkv_bias=self.qkv_bias, fused_qkv=self.fused_qkv, dropout=self.dropout,
+                        attn_dropout=self.attn_dropout, act=self.act, norm=self.norm_layer,
+                        norm_eps=self.layer_norm_eps, init_values=self.init_values, **kw)
+        if self.scan:
+            cls = _ScanBlock
+            if self.remat:  # static_argnums counts self: (self, x, rate, train)
+                cls = nn.remat(cls, prevent_cse=False, static_argnums=(3,))
+            self.blocks = nn.scan(
+                cls, variable_axes={"params": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast), length=self.depth,
+            )(drop_path=self.drop_path_rate, **block_kw)
+        else:
+            cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+            self.blocks = [cls(drop_path=float(r), **block_kw) for r in self._dp_rates()]
+
+        if self._final_norm:
+            self.norm = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
+        if self._use_fc_norm:
+            self.fc_norm_layer = make_norm(self.norm_layer, self.layer_norm_eps, name="fc_norm", **kw)
+        if self.num_classes > 0:
+            init = (nn.initializers.zeros if self.head_init_std == 0.0
+                    else nn.initializers.normal(self.head_init_std))
+            self.head = nn.Dense(self.num_classes, kernel_init=init, **kw)
+
+    # ------------------------------------------------------------------ pieces
+    def _check_images(self, images: Array) -> tuple[int, int]:
+        """Validate NHWC input; returns the patch grid (h, w)."""
+        if images.ndim != 4:
+            raise ValueError(f"ViT expects NHWC images (B, H, W, C); got shape {images.shape}. "
+                             "Add a batch axis with images[None].")
+        if images.shape[-1] != self.in_channels:
+            raise ValueError(f"ViT expects {self.in_channels} channels last (NHWC); got shape "
+                             f"{images.shape}. For NCHW input use images.transpose(0, 2, 3, 1), "
+                             "or set in_channels.")
+        (h, w), (ph, pw) = images.shape[1:3], _pair(self.patch_size)
+        if h % ph or w % pw:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
+                             f"resize or crop to a multiple of the patch size "
+                             f"(e.g. {h // ph * ph}x{w // pw * pw}).")
+        return h // ph, w // pw
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Array:
+        """Position embedding (1, P + h*w, D) for a patch grid; prefix (cls) rows first."""
+        d, prefix = self.width, self.num_prefix_tokens
+        if self.posemb == "learn":
+            return resize_pos_embed(self.pos_embed, grid, prefix, old_grid=self.base_grid)
+        if self.posemb == "sincos2d":
+            return jnp.asarray(sincos_2d(grid[0], grid[1], d, cls_token=self.class_token))
+        return jnp.zeros((1, prefix + grid[0] * grid[1], d), jnp.float32)
+
+    def embed(self, images: Array, with_pos: bool = True) -> tuple[Array, Array | None]:
+        """images (B, H, W, C) -> (patch tokens (B, h*w, D), cls token (B, 1, D) or None).
+
+        Both carry their position embedding unless with_pos=False (then add
+        `pos_embed_for(grid)` yourself, e.g. after replacing masked tokens by a mask token).
+        Tokens are row-major over the patch grid, in the compute dtype.
+        """
+        gh, gw = self._check_images(images)
+        x = self.embedding(images.astype(self.dtype))
+        b, d = x.shape[0], x.shape[-1]
+        x = x.reshape(b, gh * gw, d)
+        pos = self.pos_embed_for((gh, gw)).astype(x.dtype) if with_pos else None
+        if pos is not None:
+            x = x + pos[:, self.num_prefix_tokens:]
+        cls = None
+        if self.class_token:
+            cls = jnp.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, d))
+            if pos is not None:
+                cls = cls + pos[:, :1]
+        return x, cls
+
+    def encode(self, tokens: Array, train: bool = False) -> Array:
+        """(B, N, D) tokens (cls first, pos-emb added) -> (B, N, D) encoded tokens.
+
+        Dropout, optional norm_pre, the blocks, then the final norm (skipped when
+        pool == "gap" with fc_norm, as in MAE fine-tuning).
+        """
+        x = self.pos_drop(tokens, deterministic=not train)
+        if self.pre_norm:
+            x = self.norm_pre(x)
+        if self.scan:
+            x, _ = self.blocks(x, jnp.asarray(self._dp_rates(), jnp.float32), train)
+        else:
+            for blk in self.blocks:
+                x = blk(x, train)
+        if self._final_norm:
+            x = self.norm(x)
+        return x
+
+    def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict[str, Any]]:
+        """images (B, H, W, C) -> (logits (B, K) | features (B, D), aux); see module docstring."""
+        grid = self._check_images(images)
+        tokens, cls = self.embed(images)
+        x = tokens if cls is None else jnp.concatenate([cls, tokens], axis=1)
+        x = self.encode(x, train)
+        if self.pool == "token":
+            pooled = x[:, 0]
+        else:
+            pooled = x[:, self.num_prefix_tokens:].mean(axis=1)
+        if self._use_fc_norm:
+            pooled = self.fc_norm_layer(pooled)
+        out = self.head(pooled) if self.num_classes > 0 else pooled
+        aux = {"encoded": x, "pre_logits": pooled, "patch_grid": grid}
+        return out.astype(jnp.float32), aux
+
+
+# ---------------------------------------------------------------------- scan <-> unscanned params
+
+def scan_params(params: dict, depth: int) -> dict:
+    """Unscanned params (blocks_0..blocks_{n-1}) -> scanned layout ("blocks", leading depth axis)."""
+    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    layers = [params[f"blocks_{i}"] for i in range(depth)]
+    out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return out
+
+
+def unscan_params(params: dict) -> dict:
+    """Scanned params ("blocks" with a leading depth axis) -> blocks_0..blocks_{n-1}."""
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    depth = jax.tree.leaves(params["blocks"])[0].shape[0]
+    for i in range(depth):
+        out[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    return out

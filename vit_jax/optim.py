@@ -1,0 +1,98 @@
+"""Optimizers, learning-rate schedules, weight-decay masks and the parameter EMA.
+
+Everything here is a pure function of the config and the parameter tree, so the
+training loop only sees one `optax.GradientTransformation`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Leaves that never get weight decay (the ViT/DeiT/MAE convention): biases, norm
+# scales, and the embeddings that are not kernels.
+NO_DECAY_PATTERNS = (r".*bias$", r".*scale$", r".*(pos_embedding|pos_embed|cls|cls_token|mask_token|dist_token).*",
+                                          r".*relative_position_bias_table.*")
+
+
+def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
+                                    end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup from `start_lr` to `base_lr`, then cosine to `end_lr` at `total_steps`."""
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
+        frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+        cos = end_lr + 0.5 * (base_lr - end_lr) * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.where(step < warmup_steps, warm, cos)
+    return schedule
+
+
+def warmup_linear(base_lr: float, total_steps: int, warmup_steps: int = 0,
+                                    end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
+        frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+        return jnp.where(step < warmup_steps, warm, base_lr + (end_lr - base_lr) * frac)
+    return schedule
+
+
+def constant(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
+                          start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    del total_steps, end_lr
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
+        return jnp.where(step < warmup_steps, warm, base_lr)
+    return schedule
+
+
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant}
+
+
+def path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def decay_mask(params: Any, no_decay: Sequence[str] = NO_DECAY_PATTERNS) -> Any:
+    """True where a leaf gets weight decay: kernels (ndim >= 2) not matched by `no_decay`."""
+    def one(path, leaf):
+        name = path_str(path)
+        if any(re.fullmatch(p, name) for p in no_decay):
+            return False
+        return jnp.ndim(leaf) >= 2
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def make_schedule(cfg) -> Callable[[jax.Array], jax.Array]:
+    """The lr schedule from `config.optim` (lr, schedule, warmup_steps, end_lr) and total steps."""
+    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, cfg.total_steps, cfg.optim.warmup_steps,
+                                                                              cfg.optim.end_lr)
+
+
+def make_optimizer(cfg, params: Any) -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW (or SGD) with the schedule, a decay mask and global-norm clipping.
+
+    Returns the transformation and the schedule (to log the lr).
+    """
+    o = cfg.optim
+    schedule = make_schedule(cfg)
+    mask = decay_mask(params)
+    if o.name == "adamw":
+        opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
+    elif o.name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
+                                            optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
+    else:  # validated earlier; kept for library callers
+        raise ValueError(f"optim.name={o.name!r}: use 'adamw' or 'sgd'")
+    if o.clip_norm and o.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt, schedule
+
+
+def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:
+    """ema <- decay * ema + (1 - decay) * params, leaf-wise."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -1,0 +1,252 @@
+"""The one training loop. It knows the mesh, the state, the data and the clock; the method
+lives entirely in the objective (vit_jax/objectives), so every method trains here unchanged.
+
+        run(config, workdir)  ->  dict of the final metrics
+
+State is a plain dict pytree: step, params, opt_state, extra (method state that is not
+trained by gradients), ema (optional parameter EMA) and rng.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_jax import checkpoint as ckpt_lib
+from vit_jax import metrics as metrics_lib
+from vit_jax import objectives, optim, sharding
+from vit_jax import validate as validate_lib
+from vit_jax.data import pipeline as pipeline_lib
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def _log(msg: str) -> None:
+    if _is_main():
+        print(msg, flush=True)
+
+
+# -- the jitted functions ---------------------------------------------------------------
+
+def make_train_step(objective: objectives.Objective, tx: optax.GradientTransformation,
+                                        schedule, accum: int, ema_decay: float):
+    """state, batch -> state, metrics. Non-finite loss or gradients leave the state unchanged."""
+
+    def grads_of(params, extra, batch, rng, step):
+        def loss_fn(p, e, b, r):
+            loss, (metrics, new_extra) = objective.loss(p, e, b, r, step)
+            return loss, (metrics, new_extra)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if accum == 1:
+            (_, (metrics, extra)), grads = grad_fn(params, extra, batch, rng)
+            return grads, metrics, extra
+
+        micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+        def body(carry, i_mb):
+            grads_sum, extra = carry
+            i, mb = i_mb
+            (_, (metrics, extra)), grads = grad_fn(params, extra, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, grads_sum, grads), extra), metrics
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, extra), metrics = jax.lax.scan(body, (zeros, extra), (jnp.arange(accum), micro))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        return grads, jax.tree.map(jnp.mean, metrics), extra
+
+    def step_fn(state, batch):
+        step = state["step"]
+        rng = jax.random.fold_in(state["rng"], step)
+        params = state["params"]
+        grads, metrics, extra = grads_of(params, state["extra"], batch, rng, step)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        extra = objective.after_update(new_params, extra, step)
+        new = dict(state, step=step + 1, params=new_params, opt_state=opt_state, extra=extra)
+        if "ema" in state:
+            new["ema"] = optim.ema_update(state["ema"], new_params, ema_decay)
+        grad_norm = optax.tree.norm(grads)
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics.update({"train/grad_norm": grad_norm, "train/param_norm": optax.tree.norm(new_params),
+                                        "train/lr": schedule(step)})
+        finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)
+        # A poisoned update never enters the state: the host sees finite=False and stops.
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics["finite"] = finite
+        return new, metrics
+
+    return step_fn
+
+
+def make_eval_step(objective: objectives.Objective, use_ema: bool):
+    """Sums of per-example metrics over the real (mask == 1) rows of a batch."""
+    def eval_fn(state, batch):
+        params = state["ema"] if use_ema else state["params"]
+        per_example = objective.evaluate(params, state["extra"], batch)
+        mask = batch["mask"]
+        sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+        sums["count"] = jnp.sum(mask)
+        return sums
+    return eval_fn
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+def _write_config(config, workdir: str, resuming: bool) -> None:
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old == text:
+            return
+        if resuming:  # keep what the earlier run used; the new config wins from here on
+            prev = os.path.join(workdir, f"config.{int(time.time())}.json")
+            os.replace(path, prev)
+            _log(f"note: the config differs from the one this workdir was started with; old one kept as {prev}")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def evaluate(eval_step, state, config, source, transform, mesh, split: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for local in pipeline_lib.eval_batches(source, transform, config.eval_batch_size,
+                                                                                  jax.process_index(), jax.process_count(),
+                                                                                  config.data.workers):
+        sums = jax.device_get(eval_step(state, sharding.global_batch(local, mesh)))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop("count", 0.0)
+    return {f"eval/{split}/{k}": v / max(count, 1.0) for k, v in totals.items()}
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one."""
+    # Everything that can be wrong with the config is found here, before any compile.
+    plan = validate_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    total_steps = plan.total_steps
+
+    mesh = sharding.make_mesh(**config.mesh)
+    objective = plan.objective
+    pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
+                                                                        config.seed, jax.process_index(), jax.process_count(),
+                                                                        config.data.workers, config.data.prefetch)
+
+    # Shapes, shardings and the optimizer come from an abstract init: nothing is allocated twice.
+    example = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
+
+    def init_state(rng):
+        params, extra = objective.init(rng, example)
+        tx, _ = optim.make_optimizer(config, params)
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                          "extra": extra, "rng": jax.random.fold_in(rng, 1)}
+        if config.ema_decay > 0:
+            state["ema"] = params
+        return state
+
+    rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
+    abstract = jax.eval_shape(init_state, rng)
+    state_shardings = sharding.tree_shardings(abstract, mesh)
+    tx, schedule = optim.make_optimizer(config, abstract["params"])
+
+    ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
+    start = ckpt.latest_step()
+    resuming = start is not None
+    if _is_main():
+        _write_config(config, workdir, resuming)
+    if resuming:
+        state, data_state = ckpt.restore(start, ckpt_lib.abstract_like(abstract, state_shardings))
+        pipe.set_state(data_state)
+        _log(f"resumed from {ckpt.directory}/{start}")
+    else:
+        state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+        start = 0
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
+    _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
+              f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
+
+    batch_shard = sharding.batch_sharding(mesh)
+    train_step = jax.jit(make_train_step(objective, tx, schedule, config.grad_accum_steps, config.ema_decay),
+                                              in_shardings=(state_shardings, batch_shard),
+                                              out_shardings=(state_shardings, sharding.replicated(mesh)),
+                                              donate_argnums=(0,))
+    eval_steps = {"": jax.jit(make_eval_step(objective, False))}
+    if "ema" in state:
+        eval_steps["_ema"] = jax.jit(make_eval_step(objective, True))
+
+    writer = metrics_lib.MetricWriter(workdir, start if resuming else None, _is_main(), config.tensorboard)
+    progress = metrics_lib.Progress(total_steps, config.batch_size, _is_main() and config.progress)
+    pending: list[tuple[int, dict]] = []  # device metrics not yet looked at (keeps dispatch async)
+    last: dict[str, Any] = {}
+
+    def flush() -> None:
+        """Fetches pending metrics; stops the run at the first non-finite step."""
+        for step, m in pending:
+            m = jax.device_get(m)
+            if not bool(m.pop("finite")):
+                ckpt.wait()
+                saved = ckpt.latest_step()
+                raise FloatingPointError(
+                        f"non-finite loss or gradient at step {step} (loss={float(m['train/loss'])}, "
+                        f"grad_norm={float(m['train/grad_norm'])}). The state was not updated and nothing after "
+                        f"step {saved} was saved; lower optim.lr, raise optim.warmup_steps or set optim.clip_norm, "
+                        f"then run again on this workdir to resume from step {saved}.")
+            last.update({k: float(v) for k, v in m.items()})
+        pending.clear()
+
+    def run_evals(step: int) -> None:
+        if plan.eval_source is None:
+            return
+        results = {}
+        for suffix, fn in eval_steps.items():
+            results.update(evaluate(fn, state, config, plan.eval_source, plan.eval_transform, mesh,
+                                                            config.data.eval_split + suffix))
+        writer.write(step, results)
+        last.update(results)
+        _log("  ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
+
+    t_start = time.perf_counter()
+    progress.reset_clock(start)
+    step = start
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = sharding.global_batch(next(pipe), mesh)
+            state, m = train_step(state, batch)
+            pending.append((step, m))
+            is_last = step == total_steps
+            if step % config.log_every == 0 or is_last:
+                flush()
+                ips, dt = progress.rate(step)
+                row = {k: v for k, v in last.items() if k.startswith("train/")}
+                row.update({"epoch": pipe.epoch(step), "perf/images_per_sec": ips, "perf/step_time": dt})
+                writer.write(step, row)
+                progress.line(step, row, ips, dt)
+            if (config.eval_every and step % config.eval_every == 0) or is_last:
+                flush()
+                run_evals(step)
+                progress.reset_clock(step)
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or is_last:
+                flush()  # never save a state whose step went non-finite
+                ckpt.save(step, state, pipe.state())
+                progress.reset_clock(step)
+        flush()
+    finally:
+        ckpt.close()
+        writer.close()
+        pipe.close()
+    wall = time.perf_counter() - t_start
+    summary = {k: v for k, v in last.items() if k.startswith("eval/") or k == "train/loss"}
+    summary.update(step=step, wall_time_s=wall)
+    _log("final: " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}))
+    return summary

@@ -1,0 +1,157 @@
+"""Checks a config before anything is compiled, and resolves what the run needs.
+
+`validate(config)` raises ConfigError with a message that names the key and the fix,
+or returns a Plan: the objective, the data sources and transforms, the shape of one
+example and the number of steps. The model is traced abstractly (jax.eval_shape), which
+takes a moment and no compile, so shape errors also surface here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from vit_jax import objectives, optim
+from vit_jax.data import sources, transforms
+from vit_jax.data.info import DataInfo
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which key and how to fix it."""
+
+
+@dataclasses.dataclass
+class Plan:
+    objective: objectives.Objective
+    train_source: Any
+    train_transform: Callable
+    eval_source: Any | None
+    eval_transform: Callable | None
+    example: dict[str, np.ndarray]  # one transformed training example, no batch axis
+    total_steps: int
+    info: DataInfo
+
+
+def _fail(msg: str) -> None:
+    raise ConfigError(msg)
+
+
+def _check_numbers(c) -> None:
+    if c.batch_size <= 0:
+        _fail(f"batch_size={c.batch_size} must be positive")
+    if c.eval_batch_size <= 0:
+        _fail(f"eval_batch_size={c.eval_batch_size} must be positive")
+    if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
+        _fail(f"grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size={c.batch_size}")
+    if c.total_steps == 0 or c.total_steps < -1:
+        _fail(f"total_steps={c.total_steps}: give a positive number, or -1 to derive it from num_epochs")
+    if c.total_steps == -1 and not c.num_epochs > 0:
+        _fail(f"num_epochs={c.num_epochs} must be positive when total_steps=-1")
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        if c[key] < 0:
+            _fail(f"{key}={c[key]} must be >= 0 (0 means: only at the end)")
+    if c.log_every == 0:
+        _fail("log_every must be >= 1")
+    if c.keep_checkpoints < 1:
+        _fail(f"keep_checkpoints={c.keep_checkpoints} must be >= 1")
+    if not 0.0 <= c.ema_decay < 1.0:
+        _fail(f"ema_decay={c.ema_decay} must be in [0, 1) (0 turns the EMA off)")
+    if c.dtype not in ("float32", "bfloat16"):
+        _fail(f"dtype={c.dtype!r}: use 'float32' or 'bfloat16'")
+    o = c.optim
+    if o.name not in ("adamw", "sgd"):
+        _fail(f"optim.name={o.name!r}: use 'adamw' or 'sgd'")
+    if o.schedule not in optim.SCHEDULES:
+        _fail(f"optim.schedule={o.schedule!r}: use one of {sorted(optim.SCHEDULES)}")
+    if not (o.lr > 0 and np.isfinite(o.lr)):
+        _fail(f"optim.lr={o.lr} must be a positive finite number")
+    if o.warmup_steps < 0 or o.weight_decay < 0 or o.clip_norm < 0 or o.end_lr < 0:
+        _fail("optim.warmup_steps, weight_decay, clip_norm and end_lr must be >= 0")
+    if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+        _fail(f"optim.b1={o.b1} and optim.b2={o.b2} must be in [0, 1)")
+
+
+def _check_mesh(c) -> None:
+    m = c.mesh
+    sizes = [m.data, m.fsdp, m.model]
+    n = jax.device_count()
+    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        _fail(f"mesh={dict(m)}: sizes must be positive, with at most one -1 (= the remaining devices)")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if (-1 in sizes and n % known) or (-1 not in sizes and known != n):
+        _fail(f"mesh={dict(m)} does not fit {n} device(s): data*fsdp*model must equal the device count; "
+                    "set one of --config.mesh.data/fsdp/model to -1")
+    resolved = [n // known if s == -1 else s for s in sizes]
+    batch_devices = resolved[0] * resolved[1]
+    micro = c.batch_size // c.grad_accum_steps
+    if micro % batch_devices:
+        _fail(f"batch_size/grad_accum_steps = {micro} is not divisible by the {batch_devices} devices on the "
+                    "batch axes (mesh.data*mesh.fsdp); change batch_size or the mesh")
+    if c.batch_size % jax.process_count() or c.eval_batch_size % batch_devices:
+        _fail(f"batch_size={c.batch_size} must divide by {jax.process_count()} processes and "
+                    f"eval_batch_size={c.eval_batch_size} by the {batch_devices} batch devices")
+
+
+def _transform(spec: str, key: str, info: dict) -> Callable:
+    try:
+        return transforms.build(spec)
+    except (ValueError, SyntaxError, TypeError) as e:
+        _fail(f"data.{key}={spec!r}: {e}")
+
+
+def validate(c) -> Plan:
+    """Checks `c` (a ConfigDict) and returns the Plan of the run, or raises ConfigError."""
+    _check_numbers(c)
+    _check_mesh(c)
+    if c.objective not in objectives.names():
+        _fail(f"objective={c.objective!r} is unknown; choose one of {objectives.names()}")
+    kw = {"data_dir": c.data.data_dir} if c.data.data_dir and c.data.name.startswith("tfds:") else {}
+    try:
+        train_src = sources.get_source(c.data.name, c.data.train_split, **kw)
+        eval_src = sources.get_source(c.data.name, c.data.eval_split, **kw) if c.data.eval_split else None
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ConfigError(f"data: {e}") from e
+    if len(train_src) == 0:
+        _fail(f"data: split {c.data.train_split!r} of {c.data.name!r} is empty")
+    train_tf = _transform(c.data.train_transform, "train_transform", {})
+    eval_tf = _transform(c.data.eval_transform, "eval_transform", {}) if eval_src is not None else None
+    try:
+        example = train_tf(dict(train_src[0]), np.random.default_rng(0))
+        if eval_tf is not None:
+            ev = eval_tf(dict(eval_src[0]), np.random.default_rng(0))
+            if np.shape(ev["image"]) != np.shape(example["image"]):
+                _fail(f"data.eval_transform gives images of shape {np.shape(ev['image'])} but "
+                            f"data.train_transform gives {np.shape(example['image'])}; make their sizes agree")
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"data transforms fail on the first example: {type(e).__name__}: {e}") from e
+    example = {k: np.asarray(v) for k, v in example.items()}
+    if example["image"].ndim != 3 or example["image"].dtype != np.float32:
+        _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
+                    f"{example['image'].dtype} {example['image'].shape}")
+
+    total = c.total_steps if c.total_steps > 0 else max(1, int(round(c.num_epochs * len(train_src) / c.batch_size)))
+    if c.optim.warmup_steps > total:
+        _fail(f"optim.warmup_steps={c.optim.warmup_steps} exceeds the {total} training steps")
+    info = DataInfo(num_classes=int(getattr(train_src, "num_classes", 0) or 0),
+                                    image_shape=tuple(example["image"].shape), num_train=len(train_src))
+    try:
+        objective = objectives.build(c, info)
+        objective.check_config()
+        # Abstract trace of init and loss: catches shape errors (patch size, channels) without compiling.
+        ex = {k: jax.ShapeDtypeStruct((2,) + v.shape, v.dtype) for k, v in example.items()}
+        rng = jax.ShapeDtypeStruct((2,), np.uint32)
+        params, extra = jax.eval_shape(objective.init, rng, {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype)
+                                                                                                                  for k, v in example.items()})
+        jax.eval_shape(objective.loss, params, extra, ex, rng, jax.ShapeDtypeStruct((), np.int32))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{type(e).__name__}: {e}") from e
+    return Plan(objective, train_src, train_tf, eval_src,
+                            (lambda ex, tf=eval_tf: tf(ex, np.random.default_rng(0))) if eval_tf else None,
+                            example, total, info)
