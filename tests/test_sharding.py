@@ -14,14 +14,14 @@ def run_steps(mesh, cfg, batches, fsdp_min_size=1):
 
     def init(rng):
         params, extra = plan.objective.init(rng, ex)
-        tx, _ = optim.make_optimizer(cfg, params)
+        tx, _ = optim.make_optimizer(cfg, params, cfg.total_steps)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                 "extra": extra, "rng": rng}
 
     rng = jax.random.PRNGKey(0)
     abstract = jax.eval_shape(init, rng)
     shard = sharding.tree_shardings(abstract, mesh, fsdp_min_size=fsdp_min_size)
-    tx, schedule = optim.make_optimizer(cfg, abstract["params"])
+    tx, schedule = optim.make_optimizer(cfg, abstract["params"], cfg.total_steps)
     state = jax.jit(init, out_shardings=shard)(rng)
     step = jax.jit(train.make_train_step(plan.objective, tx, schedule, 1, 0.0),
                    in_shardings=(shard, sharding.batch_sharding(mesh)),

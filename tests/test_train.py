@@ -69,7 +69,7 @@ def _plan_and_state(cfg):
     plan = validate.validate(cfg)
     ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
     params, extra = plan.objective.init(jax.random.PRNGKey(0), ex)
-    tx, schedule = optim.make_optimizer(cfg, params)
+    tx, schedule = optim.make_optimizer(cfg, params, cfg.total_steps)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
              "extra": extra, "rng": jax.random.PRNGKey(1)}
     return plan, tx, schedule, state

@@ -56,13 +56,13 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
 
     def init_state(rng):
         params, extra = objective.init(rng, example)
-        tx, _ = optim.make_optimizer(cfg, params)
+        tx, _ = optim.make_optimizer(cfg, params, cfg.total_steps)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                         "extra": extra, "rng": rng}
 
     abstract = jax.eval_shape(init_state, rng)
     shardings = sharding.tree_shardings(abstract, mesh_)
-    tx, schedule = optim.make_optimizer(cfg, abstract["params"])
+    tx, schedule = optim.make_optimizer(cfg, abstract["params"], cfg.total_steps)
     state = jax.jit(init_state, out_shardings=shardings)(rng)
     rs = np.random.default_rng(0)
     data = sharding.global_batch({

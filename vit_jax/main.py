@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/quickstart.py[:ARG]",
@@ -36,6 +36,7 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("both --config and --workdir are required")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     maybe_initialize_distributed(_MULTIHOST.value)
     from vit_jax import train  # after distributed init: importing jax modules may touch devices
     from vit_jax.validate import ConfigError

@@ -67,19 +67,19 @@ def decay_mask(params: Any, no_decay: Sequence[str] = NO_DECAY_PATTERNS) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_schedule(cfg) -> Callable[[jax.Array], jax.Array]:
-    """The lr schedule from `config.optim` (lr, schedule, warmup_steps, end_lr) and total steps."""
-    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, cfg.total_steps, cfg.optim.warmup_steps,
-                                                                              cfg.optim.end_lr)
+def make_schedule(cfg, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """The lr schedule from `config.optim` (lr, schedule, warmup_steps, end_lr) over `total_steps`."""
+    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, total_steps, cfg.optim.warmup_steps,
+                                         cfg.optim.end_lr)
 
 
-def make_optimizer(cfg, params: Any) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(cfg, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW (or SGD) with the schedule, a decay mask and global-norm clipping.
 
     Returns the transformation and the schedule (to log the lr).
     """
     o = cfg.optim
-    schedule = make_schedule(cfg)
+    schedule = make_schedule(cfg, total_steps)
     mask = decay_mask(params)
     if o.name == "adamw":
         opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)

@@ -148,7 +148,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     def init_state(rng):
         params, extra = objective.init(rng, example)
-        tx, _ = optim.make_optimizer(config, params)
+        tx, _ = optim.make_optimizer(config, params, total_steps)
         state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                           "extra": extra, "rng": jax.random.fold_in(rng, 1)}
         if config.ema_decay > 0:
@@ -158,7 +158,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
     abstract = jax.eval_shape(init_state, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
-    tx, schedule = optim.make_optimizer(config, abstract["params"])
+    tx, schedule = optim.make_optimizer(config, abstract["params"], total_steps)
 
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
     start = ckpt.latest_step()
