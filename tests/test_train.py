@@ -26,14 +26,16 @@ def snapshot(workdir):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    summary = train.run(get_config(), workdir)
+    cfg = get_config()
+    cfg.total_steps, cfg.num_epochs = -1, 0.1375  # 0.1375 * 1397 / 16 -> 12 steps
+    summary = train.run(cfg, workdir)
     return workdir, summary
 
 
 def test_run_writes_config_metrics_and_checkpoints(finished_run):
     workdir, summary = finished_run
     cfg = json.load(open(os.path.join(workdir, "config.json")))
-    assert cfg["model_name"] == "vit_tiny_patch2_8" and cfg["total_steps"] == 12
+    assert cfg["model_name"] == "vit_tiny_patch2_8" and cfg["num_epochs"] == 0.1375
     rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     train_steps = [r["step"] for r in rows if "train/loss" in r]
     assert train_steps == [2, 4, 6, 8, 10, 12]
@@ -41,7 +43,12 @@ def test_run_writes_config_metrics_and_checkpoints(finished_run):
     assert [r["step"] for r in evals] == [6, 12]
     for r in evals:
         assert 0.0 <= r["eval/test/accuracy"] <= 1.0 and r["eval/test/loss"] > 0
-    assert all(np.isfinite(r["train/loss"]) and r["train/lr"] > 0 for r in rows if "train/loss" in r)
+    # the lr follows warmup + cosine over the 12 steps derived from num_epochs
+    want = optim.warmup_cosine(3e-3, 12, 2)
+    for r in rows:
+        if "train/loss" in r:
+            assert np.isfinite(r["train/loss"])
+            assert r["train/lr"] == pytest.approx(float(want(r["step"] - 1)), rel=1e-5)
     assert sorted(checkpoint.Checkpointer(workdir).all_steps())[-3:] == [4, 8, 12]
     assert summary["step"] == 12 and summary["eval/test/accuracy"] == evals[-1]["eval/test/accuracy"]
 

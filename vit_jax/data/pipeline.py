@@ -6,7 +6,7 @@ transformed with a numpy Generator seeded by (seed, g). So a batch depends only 
 seed and its step: resuming needs nothing but the next step (`state()`), and P processes
 each computing rows [p*b, (p+1)*b) of the global batch together produce exactly the
 batch one process would. Transforms run on a thread pool (PIL and numpy release the
-GIL) with a few batches in flight.
+GIL) one batch per task, with `prefetch` batches in flight.
 """
 from __future__ import annotations
 
@@ -61,9 +61,8 @@ class TrainPipeline:
         return {"step": self._next}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for futs in self._queue:
-            for fut in futs:
-                fut.cancel()
+        for fut in self._queue:
+            fut.cancel()
         self._queue.clear()
         self._next = int(state["step"])
         self._submitted = self._next
@@ -82,13 +81,12 @@ class TrainPipeline:
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This process' rows of global batch `step`, computed synchronously."""
         first = step * self.global_batch + self.offset
-        return _stack(list(self._pool.map(self._example, range(first, first + self.local_batch))))
+        return _stack([self._example(g) for g in range(first, first + self.local_batch)])
 
     def _submit(self) -> None:
+        # One task per batch: per-example tasks cost more in scheduling than small images in work.
         while len(self._queue) < self.prefetch:
-            first = self._submitted * self.global_batch + self.offset
-            futs = [self._pool.submit(self._example, g) for g in range(first, first + self.local_batch)]
-            self._queue.append(futs)
+            self._queue.append(self._pool.submit(self.batch_at, self._submitted))
             self._submitted += 1
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -96,10 +94,10 @@ class TrainPipeline:
 
     def __next__(self) -> dict[str, np.ndarray]:
         self._submit()
-        futs = self._queue.popleft()
+        fut = self._queue.popleft()
         self._next += 1
         self._submit()
-        return _stack([f.result() for f in futs])
+        return fut.result()
 
     def close(self) -> None:
         self.set_state(self.state())
