@@ -53,10 +53,14 @@ def test_run_writes_config_metrics_and_checkpoints(finished_run):
     assert summary["step"] == 12 and summary["eval/test/accuracy"] == evals[-1]["eval/test/accuracy"]
 
 
-def test_loss_falls(finished_run):
-    rows = metrics.read_jsonl(os.path.join(finished_run[0], "metrics.jsonl"))
-    losses = [r["train/loss"] for r in rows if "train/loss" in r]
-    assert losses[-1] < losses[0]
+def test_loss_at_init_is_log_num_classes():
+    # the head starts at zero, so every class gets probability 1/10
+    plan, _, _, state = _plan_and_state(get_config())
+    rs = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rs.standard_normal((4, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray([0, 3, 5, 9], jnp.int32)}
+    loss, _ = plan.objective.loss(state["params"], state["extra"], batch, jax.random.PRNGKey(0), 0)
+    assert float(loss) == pytest.approx(np.log(10), abs=1e-6)
 
 
 def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
@@ -144,5 +148,23 @@ def test_failing_run_leaves_workdir_untouched(finished_run):
     cfg = get_config()
     cfg.model.width = 15  # not divisible by num_heads
     with pytest.raises(validate.ConfigError):
+        train.run(cfg, workdir)
+    assert snapshot(workdir) == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(finished_run, tmp_path):
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run[0], workdir)
+    state_dir = os.path.join(workdir, "checkpoints", "12", "state")
+    for root, _, files in os.walk(state_dir):
+        for f in files:
+            if not f.startswith("_"):  # the array data files, not orbax's metadata
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"not a checkpoint")
+    before = snapshot(workdir)
+    cfg = get_config()
+    cfg.total_steps, cfg.num_epochs = -1, 0.1375
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="checkpoints/12"):
         train.run(cfg, workdir)
     assert snapshot(workdir) == before

@@ -72,18 +72,32 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 
 def load_params(workdir_or_dir: str, step: int | None = None) -> Any:
-    """The parameters of a vit_jax run (for evaluation or fine-tuning), as numpy arrays.
+    """The parameters of a vit_jax run (for evaluation or fine-tuning), on this process' first device.
 
-    `workdir_or_dir` is a run's workdir or its checkpoints/ directory.
+    `workdir_or_dir` is a run's workdir or its checkpoints/ directory. Works whatever mesh or
+    number of processes wrote the checkpoint, and reads only the parameters.
     """
     directory = workdir_or_dir
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints directory at {workdir_or_dir}")
     mngr = ocp.CheckpointManager(os.path.abspath(directory),
-                                                              options=ocp.CheckpointManagerOptions(read_only=True),
-                                                              item_names=("state", "data"))
+                                 options=ocp.CheckpointManagerOptions(read_only=True),
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                "data": ocp.JsonCheckpointHandler()})
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    try:
+        meta = mngr.item_metadata(step)["state"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                         dict(meta)["params"])}
+        restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=device), target)
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            target, restore_args=restore_args, partial_restore=True)))["state"]
+    except Exception as e:
+        raise CorruptCheckpointError(f"cannot read the parameters of {directory}/{step}: "
+                                     f"{type(e).__name__}: {e}") from e
     return state["params"]

@@ -44,7 +44,8 @@ def make_train_step(objective: objectives.Objective, tx: optax.GradientTransform
     def grads_of(params, extra, batch, rng, step):
         def loss_fn(p, e, b, r):
             loss, (metrics, new_extra) = objective.loss(p, e, b, r, step)
-            return loss, (metrics, new_extra)
+            # the loss that is differentiated is the one reported (and checked for NaN)
+            return loss, (dict(metrics, loss=loss), new_extra)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum == 1:
             (_, (metrics, extra)), grads = grad_fn(params, extra, batch, rng)
