@@ -27,8 +27,9 @@ def deterministic_rows(workdir):
 
 def test_sigkill_then_resume_is_exact(tmp_path):
     ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-    done = subprocess_run.run(ref, *OVERRIDES)
+    done = subprocess_run.run(ref, *OVERRIDES, "--config.progress=True")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "[step     40/40] loss" in done.stdout and "img/s  ETA" in done.stdout
 
     proc = subprocess.Popen(subprocess_run.command(killed, *OVERRIDES), env=subprocess_run.env(),
                             cwd=subprocess_run.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

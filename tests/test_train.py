@@ -108,8 +108,10 @@ def test_ema_tracks_params(tmp_path):
     cfg.ema_decay = 0.5
     cfg.total_steps = 4
     cfg.eval_every = 4
+    cfg.tensorboard = True
     summary = train.run(cfg, str(tmp_path))
     assert "eval/test_ema/accuracy" in summary and "eval/test/accuracy" in summary
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
 
 class NanAfterStep3(Supervised):

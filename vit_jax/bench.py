@@ -31,6 +31,10 @@ def _peak(kind: str) -> float | None:
     return None
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size: int | None = None,
                     dtype: str = "float32", num_classes: int = 1000, mesh: tuple[int, int, int] = (-1, 1, 1),
                     overrides: dict | None = None) -> dict:
@@ -99,9 +103,9 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
             "model": model, "params": n_params, "batch": batch, "image_size": size, "dtype": dtype,
             "device": f"{n_dev} x {kind} ({jax.default_backend()})", "compile_s": round(compile_s, 2),
             "step_ms": round(step_s * 1e3, 2), "step_ms_runs": [round(t * 1e3, 2) for t in times],
-            "images_per_sec": round(batch / step_s, 2), "gflop_per_step": round(flops * n_dev / 1e9, 1),
-            "tflops": round(tflops, 3),
-            "mfu": round(tflops / (peak * n_dev), 4) if peak else None,
+            "images_per_sec": round(batch / step_s, 2), "gflop_per_step": _sig(flops * n_dev / 1e9),
+            "tflops": _sig(tflops),
+            "mfu": _sig(tflops / (peak * n_dev)) if peak else None,
     }
 
 

@@ -39,12 +39,16 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     maybe_initialize_distributed(_MULTIHOST.value)
     from vit_jax import train  # after distributed init: importing jax modules may touch devices
+    from vit_jax.checkpoint import CorruptCheckpointError
     from vit_jax.validate import ConfigError
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (FloatingPointError, CorruptCheckpointError) as e:  # messages that say what to do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def entry() -> None:

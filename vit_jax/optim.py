@@ -18,36 +18,43 @@ NO_DECAY_PATTERNS = (r".*bias$", r".*scale$", r".*(pos_embedding|pos_embed|cls|c
                                           r".*relative_position_bias_table.*")
 
 
-def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
-                                    end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
-    """Linear warmup from `start_lr` to `base_lr`, then cosine to `end_lr` at `total_steps`."""
+def _warmup_then(decay: Callable[[jax.Array], jax.Array], base_lr: float, warmup_steps: int,
+                 start_lr: float) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup from `start_lr` to `base_lr` over `warmup_steps`, then `decay(step)`."""
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
-        frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-        cos = end_lr + 0.5 * (base_lr - end_lr) * (1.0 + jnp.cos(jnp.pi * frac))
-        return jnp.where(step < warmup_steps, warm, cos)
+        return jnp.where(step < warmup_steps, warm, decay(step))
     return schedule
+
+
+def _progress(step: jax.Array, warmup_steps: int, total_steps: int) -> jax.Array:
+    """Fraction of the post-warmup steps done, in [0, 1]."""
+    return jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+
+
+def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
+                  end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup, then cosine from `base_lr` to `end_lr` at `total_steps`."""
+    def decay(step):
+        t = _progress(step, warmup_steps, total_steps)
+        return end_lr + 0.5 * (base_lr - end_lr) * (1.0 + jnp.cos(jnp.pi * t))
+    return _warmup_then(decay, base_lr, warmup_steps, start_lr)
 
 
 def warmup_linear(base_lr: float, total_steps: int, warmup_steps: int = 0,
-                                    end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
-        frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-        return jnp.where(step < warmup_steps, warm, base_lr + (end_lr - base_lr) * frac)
-    return schedule
+                  end_lr: float = 0.0, start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup, then linear from `base_lr` to `end_lr` at `total_steps`."""
+    def decay(step):
+        return base_lr + (end_lr - base_lr) * _progress(step, warmup_steps, total_steps)
+    return _warmup_then(decay, base_lr, warmup_steps, start_lr)
 
 
 def constant(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
-                          start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+             start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup, then `base_lr`."""
     del total_steps, end_lr
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = start_lr + (base_lr - start_lr) * step / max(warmup_steps, 1)
-        return jnp.where(step < warmup_steps, warm, base_lr)
-    return schedule
+    return _warmup_then(lambda step: jnp.full_like(step, base_lr), base_lr, warmup_steps, start_lr)
 
 
 SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant}

@@ -51,7 +51,10 @@ def make_train_step(objective: objectives.Objective, tx: optax.GradientTransform
             (_, (metrics, extra)), grads = grad_fn(params, extra, batch, rng)
             return grads, metrics, extra
 
-        micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+        # Microbatch i takes rows i, i+accum, ...: every device keeps a share of every
+        # microbatch, so splitting the batch moves no data between devices.
+        micro = jax.tree.map(
+            lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(carry, i_mb):
             grads_sum, extra = carry
@@ -156,7 +159,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             state["ema"] = params
         return state
 
-    rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
+    rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(init_state, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
     tx, schedule = optim.make_optimizer(config, abstract["params"], total_steps)
