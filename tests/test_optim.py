@@ -26,16 +26,21 @@ def test_linear_and_constant():
     assert float(optim.constant(2.0, 10, 4)(7)) == pytest.approx(2.0)
 
 
-def test_decay_mask_excludes_biases_norms_and_embeddings():
-    params = {"embedding": {"kernel": jnp.ones((4, 4, 3, 8)), "bias": jnp.ones(8)},
-              "cls": jnp.ones((1, 1, 8)), "pos_embedding": jnp.ones((1, 5, 8)),
-              "block0": {"norm1": {"scale": jnp.ones(8), "bias": jnp.ones(8)},
-                         "attn": {"query": {"kernel": jnp.ones((8, 8))}}},
-              "head": {"kernel": jnp.ones((8, 10)), "bias": jnp.ones(10)}}
-    mask = optim.decay_mask(params)
-    assert mask["embedding"]["kernel"] and mask["head"]["kernel"] and mask["block0"]["attn"]["query"]["kernel"]
-    assert not any([mask["embedding"]["bias"], mask["cls"], mask["pos_embedding"],
-                    mask["block0"]["norm1"]["scale"], mask["block0"]["norm1"]["bias"], mask["head"]["bias"]])
+def test_decay_mask_on_a_real_vit():
+    import jax
+    from vit_jax import models
+    model = models.create("vit_tiny_patch4_16", num_classes=10, depth=2)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    flat = {optim.path_str(p): v for p, v in
+            jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
+    decayed = sorted(k for k, v in flat.items() if v)
+    assert "embedding/kernel" in decayed and "head/kernel" in decayed
+    assert "blocks_0/attn/query/kernel" in decayed and "blocks_1/mlp/fc2/kernel" in decayed
+    for name in ("pos_embed", "cls_token", "embedding/bias", "blocks_0/norm1/scale", "norm/bias",
+                 "head/bias", "blocks_0/mlp/fc1/bias"):
+        assert flat[name] is False, name
+    # every decayed leaf is a kernel
+    assert all(k.endswith("kernel") for k in decayed)
 
 
 def test_ema_update():

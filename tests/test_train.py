@@ -170,3 +170,21 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(finished_run, t
     with pytest.raises(checkpoint.CorruptCheckpointError, match="checkpoints/12"):
         train.run(cfg, workdir)
     assert snapshot(workdir) == before
+
+
+def test_bf16_compute_keeps_float32_params_and_close_loss():
+    rs = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rs.standard_normal((16, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rs.integers(0, 10, 16), jnp.int32)}
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = get_config()
+        cfg.dtype = dtype
+        plan, tx, schedule, state = _plan_and_state(cfg)
+        step = jax.jit(train.make_train_step(plan.objective, tx, schedule, 1, 0.0))
+        for _ in range(2):
+            state, m = step(state, batch)
+        results[dtype] = (state, float(m["train/loss"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(results["bfloat16"][0]["params"]))
+    assert results["bfloat16"][1] == pytest.approx(results["float32"][1], abs=2e-2)
+    assert results["bfloat16"][1] != results["float32"][1]  # bf16 really was used

@@ -5,17 +5,17 @@ training loop only sees one `optax.GradientTransformation`.
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-# Leaves that never get weight decay (the ViT/DeiT/MAE convention): biases, norm
-# scales, and the embeddings that are not kernels.
-NO_DECAY_PATTERNS = (r".*bias$", r".*scale$", r".*(pos_embedding|pos_embed|cls|cls_token|mask_token|dist_token).*",
-                                          r".*relative_position_bias_table.*")
+# Leaves that never get weight decay (the ViT/DeiT/MAE/Swin convention), by their own name:
+# biases, norm scales, and the embeddings and tables that are not kernels. Anything 1-D is
+# excluded too.
+NO_DECAY_NAMES = frozenset({"bias", "scale", "pos_embed", "cls_token", "mask_token", "dist_token",
+                            "relative_position_bias_table"})
 
 
 def _warmup_then(decay: Callable[[jax.Array], jax.Array], base_lr: float, warmup_steps: int,
@@ -64,13 +64,11 @@ def path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def decay_mask(params: Any, no_decay: Sequence[str] = NO_DECAY_PATTERNS) -> Any:
-    """True where a leaf gets weight decay: kernels (ndim >= 2) not matched by `no_decay`."""
+def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES) -> Any:
+    """True where a leaf gets weight decay: arrays of 2+ dims whose name is not in `no_decay`."""
     def one(path, leaf):
-        name = path_str(path)
-        if any(re.fullmatch(p, name) for p in no_decay):
-            return False
-        return jnp.ndim(leaf) >= 2
+        name = path_str(path).rsplit("/", 1)[-1]
+        return name not in no_decay and jnp.ndim(leaf) >= 2
     return jax.tree_util.tree_map_with_path(one, params)
 
 
