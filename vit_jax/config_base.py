@@ -15,6 +15,7 @@ def base_config() -> mlc.ConfigDict:
     c.objective = "supervised"
     c.model_name = "vit_tiny_patch16_224"
     c.model = mlc.ConfigDict()        # overrides of the model's fields, e.g. depth, drop_path_rate
+    c.init_from = ""                  # a vit_jax workdir (or its checkpoints/): start from its backbone
 
     c.data = mlc.ConfigDict(dict(
             name="mnist5k",               # mnist5k | digits | tfds:NAME | folder:/path
@@ -30,12 +31,14 @@ def base_config() -> mlc.ConfigDict:
     c.batch_size = 128                # global batch (all processes, all devices)
     c.eval_batch_size = 256
     c.grad_accum_steps = 1            # microbatches per step; batch_size is split over them
-    c.total_steps = -1                # -1: from num_epochs
+    c.total_steps = -1                # -1: from num_epochs; 0: evaluate only
     c.num_epochs = 10.0
 
     c.optim = mlc.ConfigDict(dict(
             name="adamw", lr=1e-3, schedule="cosine", warmup_steps=0, end_lr=0.0,
             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, clip_norm=1.0,
+        layer_decay=1.0,              # < 1: layer-wise lr decay (MAE/BEiT fine-tuning)
+        trust_coefficient=0.001,      # LARS only
     ))
     c.ema_decay = 0.0                 # > 0 keeps an EMA of the parameters, evaluated as eval/<split>_ema
     c.dtype = "float32"               # compute dtype: float32 | bfloat16 (parameters stay float32)

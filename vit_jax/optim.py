@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Leaves that never get weight decay (the ViT/DeiT/MAE/Swin convention), by their own name:
@@ -57,6 +58,7 @@ def constant(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: fl
     return _warmup_then(lambda step: jnp.full_like(step, base_lr), base_lr, warmup_steps, start_lr)
 
 
+OPTIMIZERS = ("adamw", "sgd", "lars")
 SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant}
 
 
@@ -78,10 +80,44 @@ def make_schedule(cfg, total_steps: int) -> Callable[[jax.Array], jax.Array]:
                                          cfg.optim.end_lr)
 
 
-def make_optimizer(cfg, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW (or SGD) with the schedule, a decay mask and global-norm clipping.
+def layer_id(path: str, num_layers: int) -> int:
+    """MAE/BEiT layer ids for layer-wise lr decay: embeddings 0, block i -> i + 1, the rest L + 1."""
+    top = path.split("/", 1)[0]
+    if top in ("embedding", "cls_token", "pos_embed", "dist_token", "mask_token"):
+        return 0
+    if top.startswith("blocks_"):
+        return int(top.split("_")[1]) + 1
+    return num_layers + 1
 
-    Returns the transformation and the schedule (to log the lr).
+
+def layer_decay_multipliers(params: Any, num_layers: int, decay: float) -> Any:
+    """lr factor decay ** (L + 1 - layer_id) per leaf of a ViT params tree (unscanned or scanned).
+
+    Scanned blocks (a "blocks" subtree with a leading depth axis) get one factor per layer,
+    shaped to broadcast over the leaf.
+    """
+    def one(path, leaf):
+        name = path_str(path)
+        if name.split("/", 1)[0] == "blocks":  # scan: leading axis is the layer
+            f = decay ** (num_layers - np.arange(num_layers, dtype=np.float32))
+            return f.reshape((num_layers,) + (1,) * (len(leaf.shape) - 1))
+        return np.float32(decay ** (num_layers + 1 - layer_id(name, num_layers)))
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def scale_by_tree(factors: Any) -> optax.GradientTransformation:
+    """Multiplies each update leaf by a fixed factor (layer-wise lr decay; 0 freezes a leaf)."""
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg, params: Any, total_steps: int,
+                   lr_multipliers: Any | None = None) -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW, SGD or LARS with the schedule, a decay mask, global-norm clipping and optional
+    per-leaf lr factors (applied to the whole update, weight decay included, as MAE's param
+    groups do). Returns the transformation and the schedule (to log the lr).
     """
     o = cfg.optim
     schedule = make_schedule(cfg, total_steps)
@@ -90,9 +126,16 @@ def make_optimizer(cfg, params: Any, total_steps: int) -> tuple[optax.GradientTr
         opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
     elif o.name == "sgd":
         opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
-                                            optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
+                          optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
+    elif o.name == "lars":  # MAE's linear probe: trust ratio on kernels only, momentum b1
+        kernels = jax.tree.map(lambda x: len(x.shape) > 1, params)
+        opt = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=mask,
+                         trust_coefficient=o.trust_coefficient, trust_ratio_mask=kernels,
+                         momentum=o.b1)
     else:  # validated earlier; kept for library callers
-        raise ValueError(f"optim.name={o.name!r}: use 'adamw' or 'sgd'")
+        raise ValueError(f"optim.name={o.name!r}: use one of {OPTIMIZERS}")
+    if lr_multipliers is not None:
+        opt = optax.chain(opt, scale_by_tree(lr_multipliers))
     if o.clip_norm and o.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
     return opt, schedule

@@ -1,7 +1,7 @@
 """The one training loop. It knows the mesh, the state, the data and the clock; the method
 lives entirely in the objective (vit_jax/objectives), so every method trains here unchanged.
 
-        run(config, workdir)  ->  dict of the final metrics
+    run(config, workdir)  ->  dict of the final metrics
 
 State is a plain dict pytree: step, params, opt_state, extra (method state that is not
 trained by gradients), ema (optional parameter EMA) and rng.
@@ -9,7 +9,6 @@ trained by gradients), ema (optional parameter EMA) and rng.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any
@@ -38,7 +37,7 @@ def _log(msg: str) -> None:
 # -- the jitted functions ---------------------------------------------------------------
 
 def make_train_step(objective: objectives.Objective, tx: optax.GradientTransformation,
-                                        schedule, accum: int, ema_decay: float):
+                    schedule, accum: int, ema_decay: float):
     """state, batch -> state, metrics. Non-finite loss or gradients leave the state unchanged."""
 
     def grads_of(params, extra, batch, rng, step):
@@ -80,7 +79,7 @@ def make_train_step(objective: objectives.Objective, tx: optax.GradientTransform
         grad_norm = optax.tree.norm(grads)
         metrics = {f"train/{k}": v for k, v in metrics.items()}
         metrics.update({"train/grad_norm": grad_norm, "train/param_norm": optax.tree.norm(new_params),
-                                        "train/lr": schedule(step)})
+                        "train/lr": schedule(step)})
         finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)
         # A poisoned update never enters the state: the host sees finite=False and stops.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
@@ -124,8 +123,8 @@ def _write_config(config, workdir: str, resuming: bool) -> None:
 def evaluate(eval_step, state, config, source, transform, mesh, split: str) -> dict[str, float]:
     totals: dict[str, float] = {}
     for local in pipeline_lib.eval_batches(source, transform, config.eval_batch_size,
-                                                                                  jax.process_index(), jax.process_count(),
-                                                                                  config.data.workers):
+                                           jax.process_index(), jax.process_count(),
+                                           config.data.workers):
         sums = jax.device_get(eval_step(state, sharding.global_batch(local, mesh)))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
@@ -134,7 +133,10 @@ def evaluate(eval_step, state, config, source, transform, mesh, split: str) -> d
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one."""
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
+
+    total_steps == 0 evaluates the initial (e.g. pre-trained) state only.
+    """
     # Everything that can be wrong with the config is found here, before any compile.
     plan = validate_lib.validate(config)
     workdir = os.path.abspath(workdir)
@@ -144,25 +146,25 @@ def run(config, workdir: str) -> dict[str, Any]:
     mesh = sharding.make_mesh(**config.mesh)
     objective = plan.objective
     pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
-                                                                        config.seed, jax.process_index(), jax.process_count(),
-                                                                        config.data.workers, config.data.prefetch)
+                                      config.seed, jax.process_index(), jax.process_count(),
+                                      config.data.workers, config.data.prefetch)
 
     # Shapes, shardings and the optimizer come from an abstract init: nothing is allocated twice.
     example = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
+    rng = jax.random.PRNGKey(config.seed)
+    abstract_vars = jax.eval_shape(objective.init, rng, example)
+    tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1),
+                                        objective.lr_multipliers(abstract_vars[0]))
 
-    def init_state(rng):
-        params, extra = objective.init(rng, example)
-        tx, _ = optim.make_optimizer(config, params, total_steps)
+    def build_state(params, extra, rng):
         state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                          "extra": extra, "rng": jax.random.fold_in(rng, 1)}
+                 "extra": extra, "rng": jax.random.fold_in(rng, 1)}
         if config.ema_decay > 0:
             state["ema"] = params
         return state
 
-    rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(init_state, rng)
+    abstract = jax.eval_shape(build_state, *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
-    tx, schedule = optim.make_optimizer(config, abstract["params"], total_steps)
 
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
     start = ckpt.latest_step()
@@ -174,17 +176,22 @@ def run(config, workdir: str) -> dict[str, Any]:
         pipe.set_state(data_state)
         _log(f"resumed from {ckpt.directory}/{start}")
     else:
-        state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+        var_shardings = (state_shardings["params"], state_shardings["extra"])
+        params, extra = jax.jit(objective.init, out_shardings=var_shardings)(rng, example)
+        # e.g. a pre-trained backbone (config.init_from): host side, once, never on resume
+        params, extra = objective.load_pretrained(params, extra)
+        params, extra = jax.device_put((params, extra), var_shardings)
+        state = jax.jit(build_state, out_shardings=state_shardings)(params, extra, rng)
         start = 0
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
-              f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
+         f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
 
     batch_shard = sharding.batch_sharding(mesh)
     train_step = jax.jit(make_train_step(objective, tx, schedule, config.grad_accum_steps, config.ema_decay),
-                                              in_shardings=(state_shardings, batch_shard),
-                                              out_shardings=(state_shardings, sharding.replicated(mesh)),
-                                              donate_argnums=(0,))
+                         in_shardings=(state_shardings, batch_shard),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)),
+                         donate_argnums=(0,))
     eval_steps = {"": jax.jit(make_eval_step(objective, False))}
     if "ema" in state:
         eval_steps["_ema"] = jax.jit(make_eval_step(objective, True))
@@ -202,28 +209,33 @@ def run(config, workdir: str) -> dict[str, Any]:
                 ckpt.wait()
                 saved = ckpt.latest_step()
                 raise FloatingPointError(
-                        f"non-finite loss or gradient at step {step} (loss={float(m['train/loss'])}, "
-                        f"grad_norm={float(m['train/grad_norm'])}). The state was not updated and nothing after "
-                        f"step {saved} was saved; lower optim.lr, raise optim.warmup_steps or set optim.clip_norm, "
-                        f"then run again on this workdir to resume from step {saved}.")
+                    f"non-finite loss or gradient at step {step} (loss={float(m['train/loss'])}, "
+                    f"grad_norm={float(m['train/grad_norm'])}). The state was not updated and nothing "
+                    f"after step {saved} was saved; lower optim.lr, raise optim.warmup_steps or set "
+                    f"optim.clip_norm, then run again on this workdir to resume from step {saved}.")
             last.update({k: float(v) for k, v in m.items()})
         pending.clear()
 
     def run_evals(step: int) -> None:
-        if plan.eval_source is None:
-            return
         results = {}
-        for suffix, fn in eval_steps.items():
-            results.update(evaluate(fn, state, config, plan.eval_source, plan.eval_transform, mesh,
-                                                            config.data.eval_split + suffix))
-        writer.write(step, results)
-        last.update(results)
-        _log("  ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
+        if plan.eval_source is not None:
+            for suffix, fn in eval_steps.items():
+                results.update(evaluate(fn, state, config, plan.eval_source, plan.eval_transform,
+                                        mesh, config.data.eval_split + suffix))
+        ctx = objectives.EvalContext(config, mesh, workdir, step, plan.train_source, plan.eval_source,
+                                     plan.eval_transform, _is_main())
+        results.update(objective.on_eval(state["params"], state["extra"], ctx))
+        if results:
+            writer.write(step, results)
+            last.update(results)
+            _log("  ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
 
     t_start = time.perf_counter()
     progress.reset_clock(start)
     step = start
     try:
+        if total_steps == 0:
+            run_evals(0)
         for step in range(start + 1, total_steps + 1):
             batch = sharding.global_batch(next(pipe), mesh)
             state, m = train_step(state, batch)

@@ -8,7 +8,7 @@ takes a moment and no compile, so shape errors also surface here.
 from __future__ import annotations
 
 import dataclasses
-import re
+import os
 from typing import Any, Callable
 
 import jax
@@ -46,8 +46,9 @@ def _check_numbers(c) -> None:
         _fail(f"eval_batch_size={c.eval_batch_size} must be positive")
     if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
         _fail(f"grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size={c.batch_size}")
-    if c.total_steps == 0 or c.total_steps < -1:
-        _fail(f"total_steps={c.total_steps}: give a positive number, or -1 to derive it from num_epochs")
+    if c.total_steps < -1:
+        _fail(f"total_steps={c.total_steps}: give a positive number, -1 to derive it from num_epochs, "
+              "or 0 to evaluate only")
     if c.total_steps == -1 and not c.num_epochs > 0:
         _fail(f"num_epochs={c.num_epochs} must be positive when total_steps=-1")
     for key in ("log_every", "eval_every", "checkpoint_every"):
@@ -62,8 +63,12 @@ def _check_numbers(c) -> None:
     if c.dtype not in ("float32", "bfloat16"):
         _fail(f"dtype={c.dtype!r}: use 'float32' or 'bfloat16'")
     o = c.optim
-    if o.name not in ("adamw", "sgd"):
-        _fail(f"optim.name={o.name!r}: use 'adamw' or 'sgd'")
+    if o.name not in optim.OPTIMIZERS:
+        _fail(f"optim.name={o.name!r}: use one of {optim.OPTIMIZERS}")
+    if not 0.0 < o.layer_decay <= 1.0:
+        _fail(f"optim.layer_decay={o.layer_decay} must be in (0, 1] (1 turns it off)")
+    if c.init_from and not os.path.isdir(c.init_from):
+        _fail(f"init_from={c.init_from!r} is not a directory: give a vit_jax workdir or its checkpoints/")
     if o.schedule not in optim.SCHEDULES:
         _fail(f"optim.schedule={o.schedule!r}: use one of {sorted(optim.SCHEDULES)}")
     if not (o.lr > 0 and np.isfinite(o.lr)):
@@ -134,8 +139,8 @@ def validate(c) -> Plan:
         _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
                     f"{example['image'].dtype} {example['image'].shape}")
 
-    total = c.total_steps if c.total_steps > 0 else max(1, int(round(c.num_epochs * len(train_src) / c.batch_size)))
-    if c.optim.warmup_steps > total:
+    total = c.total_steps if c.total_steps >= 0 else max(1, int(round(c.num_epochs * len(train_src) / c.batch_size)))
+    if total and c.optim.warmup_steps > total:
         _fail(f"optim.warmup_steps={c.optim.warmup_steps} exceeds the {total} training steps")
     info = DataInfo(num_classes=int(getattr(train_src, "num_classes", 0) or 0),
                                     image_shape=tuple(example["image"].shape), num_train=len(train_src))

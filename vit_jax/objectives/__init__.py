@@ -1,10 +1,11 @@
 """Training objectives: one file a method, all behind the `Objective` interface.
 
-The training loop only ever calls the five methods below, so a new method is a new
+The training loop only ever calls the methods below, so a new method is a new
 file here plus one `register` line; train.py does not change.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable
 
@@ -47,12 +48,43 @@ class Objective:
         """Per-example metrics (name -> (B,)) on an eval batch; averaged by the loop with batch['mask']."""
         return {}
 
+    def load_pretrained(self, params: Params, extra: Extra) -> tuple[Params, Extra]:
+        """Called once on a fresh run (never on resume), on the host, after init: e.g. load a
+        pre-trained backbone named by config.init_from. Default: unchanged."""
+        return params, extra
+
+    def lr_multipliers(self, params: Params) -> Any | None:
+        """A tree like `params` of learning-rate factors (0 freezes a leaf; layer-wise decay),
+        or None for 1 everywhere. Called on abstract params: use names and shapes only."""
+        return None
+
+    def on_eval(self, params: Params, extra: Extra, ctx: "EvalContext") -> dict[str, float]:
+        """Extra evaluation at each eval step (k-NN, pictures ...), run on every process;
+        returns metrics named "eval/..." for metrics.jsonl. Default: nothing."""
+        return {}
+
     def check_config(self) -> None:
         """Raises ValueError for a bad method config; runs before anything is compiled."""
 
 
+@dataclasses.dataclass
+class EvalContext:
+    """What `Objective.on_eval` may use: the run's config, mesh, data and where to write."""
+    config: Any
+    mesh: jax.sharding.Mesh
+    workdir: str
+    step: int
+    train_source: Any
+    eval_source: Any | None
+    eval_transform: Callable | None  # deterministic: example -> example
+    is_main: bool
+
+
 _REGISTRY: dict[str, str] = {
         "supervised": "vit_jax.objectives.supervised:Supervised",
+    "mae": "vit_jax.objectives.mae:MAEObjective",
+    "linear_probe": "vit_jax.evaluate.linear_probe:LinearProbe",
+    "knn": "vit_jax.evaluate.knn:KNN",
 }
 
 
