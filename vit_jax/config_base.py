@@ -55,3 +55,40 @@ def base_config() -> mlc.ConfigDict:
     c.tensorboard = True
     c.progress = True                 # print a progress line at each log step
     return c
+
+
+# The small-data recipes (configs/mnist5k/*) share one backbone so that pre-training,
+# fine-tuning, linear probe and k-NN all talk about the same network.
+MNIST5K_MODEL_NAME = "vit_tiny_patch4_28"
+MNIST5K_MODEL = dict(width=128, depth=6, num_heads=4, mlp_dim=256)
+
+
+def mnist5k_config() -> mlc.ConfigDict:
+    """base_config() on mnist5k with the shared small-data ViT (7x7 grid of 4x4 patches)."""
+    c = base_config()
+    c.data.name = "mnist5k"
+    c.data.train_transform = "pad_crop(28, 2)|normalize('mnist')"
+    c.data.eval_transform = "normalize('mnist')"
+    c.data.workers = 2
+    c.model_name = MNIST5K_MODEL_NAME
+    c.model = mlc.ConfigDict(dict(MNIST5K_MODEL))
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    return c
+
+
+def imagenet_config(data_dir: str = "") -> mlc.ConfigDict:
+    """base_config() on tfds imagenet2012 (array_record, prepared by the user) at 224 px."""
+    c = base_config()
+    c.data.name = "tfds:imagenet2012"
+    c.data.data_dir = data_dir
+    c.data.eval_split = "validation"
+    c.data.train_transform = "rrc(224)|flip|normalize('imagenet')"
+    c.data.eval_transform = "resize_center_crop(224, crop_pct=0.875)|normalize('imagenet')"
+    c.data.workers = 32
+    c.eval_batch_size = 1024
+    c.log_every = 100
+    c.eval_every = 5000
+    c.checkpoint_every = 2000
+    c.dtype = "bfloat16"
+    return c

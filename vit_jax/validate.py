@@ -152,10 +152,11 @@ def validate(c) -> Plan:
         rng = jax.ShapeDtypeStruct((2,), np.uint32)
         params, extra = jax.eval_shape(objective.init, rng, {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype)
                                                                                                                   for k, v in example.items()})
-        jax.eval_shape(objective.loss, params, extra, ex, rng, jax.ShapeDtypeStruct((), np.int32))
+        if total:  # total_steps == 0 only evaluates
+            jax.eval_shape(objective.loss, params, extra, ex, rng, jax.ShapeDtypeStruct((), np.int32))
     except ConfigError:
         raise
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # AttributeError: a missing section
         raise ConfigError(f"{type(e).__name__}: {e}") from e
     return Plan(objective, train_src, train_tf, eval_src,
                             (lambda ex, tf=eval_tf: tf(ex, np.random.default_rng(0))) if eval_tf else None,

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import models
+from vit_jax import models, optim
 from vit_jax.data import mixup as mixup_lib
 from vit_jax.objectives import Objective, register
 
@@ -39,6 +39,18 @@ class Supervised(Objective):
             raise ValueError(f"supervised.mix_prob={s.mix_prob} must be in [0, 1]")
         if self.num_classes <= 0:
             raise ValueError("the supervised objective needs a labelled dataset with num_classes > 0")
+
+    def load_pretrained(self, params, extra):
+        if not self.config.init_from:
+            return params, extra
+        from vit_jax.evaluate import backbone
+        return backbone.load_backbone(self.config.init_from, params), extra
+
+    def lr_multipliers(self, params):
+        decay = self.config.optim.layer_decay
+        if decay >= 1.0:
+            return None
+        return optim.layer_decay_multipliers(params, self.model.depth, decay)
 
     def init(self, rng, batch):
         variables = self.model.init({"params": rng}, batch["image"], train=False)

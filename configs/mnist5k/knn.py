@@ -1,0 +1,20 @@
+"""k-NN (DINO's protocol: cosine, T = 0.07) on mnist5k features of ARG's backbone, or a random one.
+
+    python -m vit_jax.main --config configs/mnist5k/knn.py:workdirs/mnist5k_mae --workdir workdirs/mnist5k_mae_knn
+    python -m vit_jax.main --config configs/mnist5k/knn.py --workdir workdirs/mnist5k_random_knn
+
+Memory: the 4,000 training digits; queries: the 1,000 test digits; features: the class token
+after the final norm. Evaluation only (total_steps = 0). Results: README's small-data table.
+"""
+from vit_jax.config_base import mnist5k_config
+from vit_jax.evaluate import knn
+
+
+def get_config(arg: str = ""):
+    c = mnist5k_config()
+    c.objective = "knn"
+    c.init_from = arg
+    c.knn = knn.default_config()
+    c.knn.ks = (10, 20, 100, 200)
+    c.total_steps = 0
+    return c

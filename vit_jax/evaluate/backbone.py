@@ -1,0 +1,115 @@
+"""Loading the backbone of a finished run into a new model (config.init_from).
+
+The source may be any vit_jax run: a supervised ViT (its params are the backbone), an MAE run
+(params["encoder"]), or a probe run (params["backbone"]). Leaves are matched by path and shape;
+the head and fc_norm of the new model keep their fresh init; a learned position embedding
+that the source did not have (MAE's fixed sincos) starts from the sincos values, and one of
+another grid size is resized.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax import checkpoint
+from vit_jax.models import layers
+from vit_jax.optim import path_str
+
+# Parts of a backbone that a new task is expected to bring itself.
+FRESH = ("head", "fc_norm")
+
+
+def backbone_of(params: dict) -> dict:
+    """The backbone subtree of any run's parameters."""
+    for key in ("encoder", "backbone"):
+        if key in params and isinstance(params[key], dict):
+            return params[key]
+    return params
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    return {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def merge(target: Any, source: dict) -> tuple[Any, dict[str, list[str]]]:
+    """`target` with every leaf that `source` has (same path) replaced by the source's value.
+
+    Returns the new tree and a report {"loaded", "fresh", "unused"}. Raises ValueError naming
+    the leaves when the architectures do not match.
+    """
+    src = _flatten(source)
+    report: dict[str, list[str]] = {"loaded": [], "fresh": [], "unused": []}
+    problems = []
+
+    def one(path, leaf):
+        name = path_str(path)
+        shape = tuple(leaf.shape)
+        if name in src:
+            value = np.asarray(src[name])
+            if value.shape == shape:
+                report["loaded"].append(name)
+                return value.astype(leaf.dtype)
+            if name == "pos_embed" and value.shape[-1] == shape[-1]:
+                report["loaded"].append(name + " (resized)")
+                return _resize_posemb(value, shape)
+            problems.append(f"{name}: source {value.shape} vs model {shape}")
+            return leaf
+        if name == "pos_embed":  # the source used fixed sincos position embeddings
+            report["fresh"].append(name + " (sincos)")
+            return _sincos_like(shape).astype(leaf.dtype)
+        if name.split("/", 1)[0] in FRESH:
+            report["fresh"].append(name)
+            return leaf
+        problems.append(f"{name}: missing in the source")
+        return leaf
+
+    merged = jax.tree_util.tree_map_with_path(one, target)
+    if problems:
+        raise ValueError("init_from: the source backbone does not fit this model: " + "; ".join(problems[:8])
+                         + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else "")
+                         + ". Use the same model_name and model overrides as the pre-training run.")
+    used = {n.split(" ")[0] for n in report["loaded"]}
+    report["unused"] = sorted(set(src) - used)
+    return merged, report
+
+
+def _grid(n: int) -> tuple[int, int]:
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ValueError(f"cannot infer a square patch grid from {n} position rows")
+    return side, side
+
+
+def _sincos_like(shape: tuple[int, ...]) -> np.ndarray:
+    _, n, d = shape
+    for prefix in (1, 0):
+        try:
+            grid = _grid(n - prefix)
+        except ValueError:
+            continue
+        pe = layers.sincos_2d(grid[0], grid[1], d, cls_token=bool(prefix))
+        return np.asarray(pe).reshape(shape)
+    raise ValueError(f"cannot build sincos position embeddings of shape {shape}")
+
+
+def _resize_posemb(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    prefix = 1 if _is_square(value.shape[1] - 1) and _is_square(shape[1] - 1) else 0
+    new_grid = _grid(shape[1] - prefix)
+    return np.asarray(layers.resize_pos_embed(value, new_grid, prefix, old_grid=_grid(value.shape[1] - prefix)))
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and int(round(n ** 0.5)) ** 2 == n
+
+
+def load_backbone(init_from: str, target: Any, log: bool = True) -> Any:
+    """The backbone of the run in `init_from` merged into `target` (a backbone params tree)."""
+    source = backbone_of(jax.device_get(checkpoint.load_params(init_from)))
+    merged, report = merge(jax.device_get(target), source)
+    if log and jax.process_index() == 0:
+        print(f"init_from {init_from}: loaded {len(report['loaded'])} arrays; fresh: "
+              f"{', '.join(report['fresh']) or 'none'}; unused: {', '.join(report['unused']) or 'none'}",
+              flush=True)
+    return merged
