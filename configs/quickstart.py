@@ -19,7 +19,7 @@ def get_config(arg: str = ""):
     c.model_name = "vit_tiny_patch7_28"
     c.model = dict(width=128, depth=6, num_heads=4, mlp_dim=256, pool="gap")
     c.batch_size = 64
-    c.eval_batch_size = 500
+    c.eval_batch_size = 512
     c.num_epochs = 30
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 100

@@ -73,7 +73,7 @@ def mnist5k_config() -> mlc.ConfigDict:
     c.model_name = MNIST5K_MODEL_NAME
     c.model = mlc.ConfigDict(dict(MNIST5K_MODEL))
     c.batch_size = 128
-    c.eval_batch_size = 500
+    c.eval_batch_size = 512
     return c
 
 

@@ -445,10 +445,11 @@ class MAEObjective(Objective):
 
     # ------------------------------------------------------------------ pictures
     def on_eval(self, params, extra, ctx) -> dict[str, float]:
-        """At each evaluation: the reconstruction grid of the first 8 eval images (process 0)."""
+        """At each evaluation: the reconstruction grid of 8 eval images (process 0)."""
         if ctx.is_main and ctx.eval_source is not None:
-            n = min(8, len(ctx.eval_source))
-            examples = [ctx.eval_transform(dict(ctx.eval_source[i])) for i in range(n)]
+            # 8 images spread over the split (sorted sets would otherwise show one class)
+            picks = np.unique(np.linspace(0, len(ctx.eval_source) - 1, 8).astype(int))
+            examples = [ctx.eval_transform(dict(ctx.eval_source[int(i)])) for i in picks]
             batch = {"image": np.stack([np.asarray(e["image"]) for e in examples])}
             self.write_pictures(jax.device_get(params), extra, batch, ctx.workdir, ctx.step)
         return {}
