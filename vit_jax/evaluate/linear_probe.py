@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import models
+from vit_jax.objectives.supervised import backbone_kwargs
 from vit_jax.objectives import Objective, register
 
 
@@ -33,9 +34,7 @@ class LinearProbe(Objective):
 
     def __init__(self, config, info):
         super().__init__(config, info)
-        kw = dict(config.model)
-        kw.update(num_classes=0, image_size=info.image_shape[:2], in_channels=info.image_shape[2])
-        self.model = models.create(config.model_name, **kw)
+        self.model = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
         self.head = ProbeHead(info.num_classes)
 
     def check_config(self) -> None:

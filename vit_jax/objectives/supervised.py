@@ -10,9 +10,11 @@ from vit_jax.data import mixup as mixup_lib
 from vit_jax.objectives import Objective, register
 
 
-def backbone_kwargs(config, info) -> dict:
-    """Model overrides: the config's, plus what the data decides (classes, size, channels)."""
+def backbone_kwargs(config, info, **fixed) -> dict:
+    """Model overrides: the config's, plus what the data decides (classes, size, channels),
+    plus `fixed` (what the method decides, e.g. num_classes=0 for a feature extractor)."""
     kw = dict(config.model)
+    kw.update(fixed)
     kw.setdefault("num_classes", info.num_classes)
     kw.setdefault("image_size", info.image_shape[:2])
     kw.setdefault("in_channels", info.image_shape[2])

@@ -1,0 +1,114 @@
+"""Import / export of weights: Hugging Face folders and the official MAE checkpoints.
+
+Public API:
+    load_hf(folder, **overrides) -> (module, variables)
+        A Hugging Face folder (config.json + model.safetensors [sharded or not], or
+        pytorch_model.bin read with torch.load(weights_only=True)).  Architectures:
+        SUPPORTED_HF_ARCHITECTURES.  Every hyper-parameter comes from config.json
+        (a key missing there takes the Hugging Face default).
+    save_hf(module, variables, folder, id2label=None) -> folder
+        A vit_jax ViT -> config.json + model.safetensors that transformers' ViTModel
+        (num_classes == 0) or ViTForImageClassification (num_classes > 0) loads.
+    load_mae_checkpoint(path, model_name=None, **overrides) -> (module, variables)
+        facebookresearch/mae files: with the decoder (`mae_pretrain_vit_*_full.pth`,
+        `mae_visualize_vit_*.pth`) -> vit_jax.models.mae.MAE; encoder only (the
+        released `mae_pretrain_vit_*.pth`) -> ViT backbone; `mae_finetuned_vit_*.pth` ->
+        ViT with global pool + fc_norm + head.
+
+What each Hugging Face architecture becomes (outputs agree in float32 eval mode):
+    ViTModel                   ViT(num_classes=0, pool="token"); aux["encoded"] ==
+                               last_hidden_state.  HF's pooler (dense + tanh on the cls
+                               token, `pooler.*` keys) has no vit_jax counterpart and is
+                               ignored; `out` is the cls token after the final norm.
+    ViTForImageClassification  ViT(num_classes=num_labels, pool="token"); out == logits.
+    ViTMAEModel                ViT(num_classes=0, posemb="sincos2d", pool="token"): the
+                               pre-trained encoder as a backbone (fine-tuning, features).
+                               HF's ViTMAEModel always masks (it shuffles even at
+                               mask_ratio 0); ours sees every patch, so aux["encoded"] ==
+                               last_hidden_state for mask_ratio=0 after unshuffling HF's
+                               tokens with ids_restore (identical for sorted noise).
+    ViTMAEForPreTraining       vit_jax.models.mae.MAE; apply(v, images, noise=noise)
+                               gives loss / pred / mask equal to HF's loss / logits / mask.
+The fixed sin-cos position embeddings of ViTMAE are not parameters here: they are checked
+against vit_jax's `sincos_2d` (1e-4) and dropped (check_posemb=False skips the check).
+
+Layouts: torch Linear weight (out, in) -> flax Dense kernel (in, out); Conv2d weight
+(out, in, kh, kw) -> flax Conv kernel (kh, kw, in, out); images are NCHW in torch and
+NHWC here.  All parameters are loaded as float32.
+
+Errors: a missing folder / config / weights file raises FileNotFoundError; everything
+else (unknown architecture, missing or unused checkpoint keys, shape mismatches,
+settings the other side cannot express) raises ConversionError (a ValueError) naming
+the keys and shapes involved.
+
+Package layout (one file a source format; a new Hugging Face family is a new file plus its
+lines in `_HF_LOADERS` below):
+    weights.py        reading weight files; key bookkeeping, overrides and checks shared by all
+    hf_vit.py         Hugging Face ViT / ViTMAE import, and save_hf
+    mae_official.py   facebookresearch/mae checkpoint files
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+
+from vit_jax.convert import hf_vit
+from vit_jax.convert.hf_vit import save_hf
+from vit_jax.convert.mae_official import load_mae_checkpoint
+from vit_jax.convert.weights import ConversionError, PathLike, Variables
+
+# config.json "architectures" entry -> loader(folder, cfg, arch, overrides, check_posemb).
+_HF_LOADERS: dict[str, Callable[..., tuple[nn.Module, Variables]]] = {
+    "ViTModel": hf_vit.load_vit,
+    "ViTForImageClassification": hf_vit.load_vit,
+    "ViTMAEModel": hf_vit.load_vit,
+    "ViTMAEForPreTraining": hf_vit.load_vit_mae_pretraining,
+}
+
+SUPPORTED_HF_ARCHITECTURES = tuple(_HF_LOADERS)
+
+
+def _hf_architecture(cfg: Mapping[str, Any], folder: Path) -> str:
+    archs = list(cfg.get("architectures") or [])
+    for arch in archs:
+        if arch in _HF_LOADERS:
+            return arch
+    raise ConversionError(
+        f"{folder / 'config.json'}: architecture(s) {archs or '(none listed)'} (model_type "
+        f"{cfg.get('model_type')!r}) not supported; supported: {list(_HF_LOADERS)}.")
+
+
+def load_hf(folder: PathLike, *, check_posemb: bool = True,
+            **overrides: Any) -> tuple[nn.Module, Variables]:
+    """Load a Hugging Face model folder into a vit_jax module and its variables.
+
+    Args:
+        folder: directory with config.json and model.safetensors (or its sharded index),
+            or pytorch_model.bin (read with torch.load(weights_only=True)).
+        check_posemb: for ViTMAE, verify that the stored fixed position embeddings are the
+            sin-cos table vit_jax recomputes (they are not parameters here).
+        **overrides: fields of the returned module that do not change the parameters,
+            e.g. drop_path_rate=0.1, dtype=jnp.bfloat16, scan=True (ViT).
+
+    Returns:
+        (module, {"params": ...}); see the module docstring for what each architecture
+        becomes and which output matches which Hugging Face output.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Hugging Face model folder {folder} does not exist.")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json (found {sorted(os.listdir(folder))}); "
+                                "a Hugging Face model folder needs one (save_pretrained writes it).")
+    cfg = json.loads(cfg_path.read_text())
+    arch = _hf_architecture(cfg, folder)
+    return _HF_LOADERS[arch](folder, cfg, arch, overrides, check_posemb)
+
+
+__all__ = ["SUPPORTED_HF_ARCHITECTURES", "ConversionError", "load_hf", "save_hf",
+           "load_mae_checkpoint"]

@@ -1,0 +1,295 @@
+"""Hugging Face ViT / ViTMAE: import (ViTModel, ViTForImageClassification, ViTMAEModel,
+ViTMAEForPreTraining folders) and export (`save_hf`: a vit_jax ViT -> ViTModel or
+ViTForImageClassification folder).  What each architecture becomes: see vit_jax.convert.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.linen as nn
+import numpy as np
+
+from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
+                                     check_fixed_posemb, dummy_images, finish, flatten,
+                                     mae_init_args, make_mae, pair, read_hf_weights)
+from vit_jax.models.vit import ViT, unscan_params
+
+# ============================================================================ import
+
+# HF defaults (configuration_vit.py / configuration_vit_mae.py) for keys absent from config.json.
+_HF_DEFAULTS: dict[str, Any] = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3, qkv_bias=True,
+    decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
+    decoder_intermediate_size=2048, mask_ratio=0.75, norm_pix_loss=False)
+
+# HF activation name -> vit_jax (layers.get_activation) name.
+_HF_ACTS = {"gelu": "gelu", "gelu_python": "gelu",
+            "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+            "gelu_accurate": "gelu_tanh", "quick_gelu": "quick_gelu",
+            "relu": "relu", "silu": "silu", "swish": "silu"}
+# vit_jax activation name -> HF name (for save_hf).
+_TO_HF_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "gelu_new": "gelu_new",
+               "gelu_pytorch_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu",
+               "relu": "relu", "silu": "silu", "swish": "swish"}
+
+# (vit_jax block sub-path, HF layer sub-key, kind): one table for reading and writing.
+_HF_BLOCK = (("norm1", "layernorm_before", "norm"),
+             ("attn/query", "attention.attention.query", "dense"),
+             ("attn/key", "attention.attention.key", "dense"),
+             ("attn/value", "attention.attention.value", "dense"),
+             ("attn/out", "attention.output.dense", "dense"),
+             ("norm2", "layernorm_after", "norm"),
+             ("mlp/fc1", "intermediate.dense", "dense"),
+             ("mlp/fc2", "output.dense", "dense"))
+
+# transformers >= 5 module names (and its saving quirk for the MAE decoder) -> the file layout.
+_HF_RENAMES = ((r"^layers\.(\d+)\.", r"encoder.layer.\1."),
+               (r"decoder_encoder\.layer\.(\d+)\.", r"decoder_layers.\1."),
+               (r"\.attention\.q_proj\.", ".attention.attention.query."),
+               (r"\.attention\.k_proj\.", ".attention.attention.key."),
+               (r"\.attention\.v_proj\.", ".attention.attention.value."),
+               (r"\.attention\.o_proj\.", ".attention.output.dense."),
+               (r"\.mlp\.fc1\.", ".intermediate.dense."),
+               (r"\.mlp\.fc2\.", ".output.dense."))
+
+
+def _hf_canonical(tensors: Mapping[str, np.ndarray], folder: Path) -> dict[str, np.ndarray]:
+    """Strip the `vit.` prefix and map newer HF module names onto the checkpoint layout."""
+    out: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for key, value in tensors.items():
+        k = key[len("vit."):] if key.startswith("vit.") else key
+        for pattern, repl in _HF_RENAMES:
+            k = re.sub(pattern, repl, k)
+        if k in out:
+            raise ConversionError(f"{folder}: keys {origin[k]!r} and {key!r} are the same tensor "
+                                  f"({k!r}) under two names.")
+        out[k], origin[k] = value, key
+    return out
+
+
+def _read_folder(folder: Path, cfg: Mapping[str, Any]) -> tuple[dict, StateDict]:
+    """config.json with HF's defaults for absent keys, and the tensors under checkpoint names."""
+    cfg = {**_HF_DEFAULTS, **cfg}
+    return cfg, StateDict(_hf_canonical(read_hf_weights(folder), folder), str(folder))
+
+
+def _hf_act(cfg: Mapping[str, Any]) -> str:
+    act = cfg["hidden_act"]
+    if act not in _HF_ACTS:
+        raise ConversionError(f"hidden_act {act!r} is not supported; vit_jax maps "
+                              f"{sorted(_HF_ACTS)}.")
+    return _HF_ACTS[act]
+
+
+def _vit_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """ViT fields shared by the HF ViT and ViTMAE encoders."""
+    image, patch = pair(cfg["image_size"]), pair(cfg["patch_size"])
+    return dict(width=int(cfg["hidden_size"]), depth=int(cfg["num_hidden_layers"]),
+                num_heads=int(cfg["num_attention_heads"]), mlp_dim=int(cfg["intermediate_size"]),
+                image_size=image[0] if image[0] == image[1] else image,
+                patch_size=patch[0] if patch[0] == patch[1] else patch,
+                in_channels=int(cfg["num_channels"]), layer_norm_eps=float(cfg["layer_norm_eps"]),
+                act=_hf_act(cfg), qkv_bias=bool(cfg["qkv_bias"]),
+                dropout=float(cfg["hidden_dropout_prob"]),
+                attn_dropout=float(cfg["attention_probs_dropout_prob"]),
+                class_token=True, pool="token", fc_norm=False, pre_norm=False,
+                norm_layer="layernorm", init_values=None, fused_qkv=False, patch_bias=True)
+
+
+def _hf_blocks(p: Params, dst_prefix: str, src_prefix: str, depth: int) -> None:
+    for i in range(depth):
+        for dst, src, kind in _HF_BLOCK:
+            getattr(p, kind)(f"{dst_prefix}{i}/{dst}", f"{src_prefix}{i}.{src}")
+
+
+def _hf_encoder(p: Params, module: ViT, learned_posemb: bool, check_posemb: bool,
+                dst: str = "") -> None:
+    """HF ViT / ViTMAE encoder keys (without the `vit.` prefix) -> ViT params under `dst`."""
+    p.conv(f"{dst}embedding", "embeddings.patch_embeddings.projection")
+    p.array(f"{dst}cls_token", "embeddings.cls_token")
+    if learned_posemb:
+        p.array(f"{dst}pos_embed", "embeddings.position_embeddings")
+    else:
+        key = "embeddings.position_embeddings"
+        value = p.sd.take(key, optional=True)
+        if check_posemb:
+            check_fixed_posemb(value, key, module.base_grid, module.width)
+    _hf_blocks(p, f"{dst}blocks_", "encoder.layer.", module.depth)
+    p.norm(f"{dst}norm", "layernorm")
+
+
+def _num_labels(cfg: Mapping[str, Any]) -> int:
+    if "id2label" in cfg:
+        return len(cfg["id2label"])
+    return int(cfg.get("num_labels", 2))  # HF's PretrainedConfig default
+
+
+def load_vit(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
+             check_posemb: bool) -> tuple[nn.Module, Variables]:
+    """ViTModel / ViTForImageClassification / ViTMAEModel folder -> ViT (see vit_jax.convert)."""
+    cfg, sd = _read_folder(folder, cfg)
+    classify = arch == "ViTForImageClassification"
+    mae = arch == "ViTMAEModel"
+    module = ViT(num_classes=_num_labels(cfg) if classify else 0,
+                 posemb="sincos2d" if mae else "learn", **_vit_fields_from_hf(cfg))
+    p = Params(sd)
+    _hf_encoder(p, module, learned_posemb=not mae, check_posemb=check_posemb)
+    if classify:
+        p.dense("head", "classifier")
+    else:
+        sd.drop(r"pooler\.dense\.(weight|bias)")   # HF's dense+tanh pooler: no counterpart
+    sd.drop(r"embeddings\.mask_token")              # only used by masked-image-modeling heads
+    return finish(module, p, (dummy_images(module),), {}, arch, overrides)
+
+
+def load_vit_mae_pretraining(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
+                             check_posemb: bool) -> tuple[nn.Module, Variables]:
+    """ViTMAEForPreTraining folder -> vit_jax.models.mae.MAE (see vit_jax.convert)."""
+    cfg, sd = _read_folder(folder, cfg)
+    encoder = ViT(num_classes=0, posemb="sincos2d", **_vit_fields_from_hf(cfg))
+    module = make_mae(encoder, decoder_width=int(cfg["decoder_hidden_size"]),
+                      decoder_depth=int(cfg["decoder_num_hidden_layers"]),
+                      decoder_heads=int(cfg["decoder_num_attention_heads"]),
+                      decoder_mlp_dim=int(cfg["decoder_intermediate_size"]),
+                      mask_ratio=float(cfg["mask_ratio"]),
+                      norm_pix_loss=bool(cfg["norm_pix_loss"]))
+    p = Params(sd)
+    _hf_encoder(p, encoder, learned_posemb=False, check_posemb=check_posemb, dst="encoder/")
+    p.dense("decoder_embed", "decoder.decoder_embed")
+    p.array("mask_token", "decoder.mask_token")
+    key = "decoder.decoder_pos_embed"
+    value = sd.take(key, optional=True)
+    if check_posemb:
+        check_fixed_posemb(value, key, encoder.base_grid, int(cfg["decoder_hidden_size"]))
+    _hf_blocks(p, "decoder_blocks_", "decoder.decoder_layers.", int(cfg["decoder_num_hidden_layers"]))
+    p.norm("decoder_norm", "decoder.decoder_norm")
+    p.dense("decoder_pred", "decoder.decoder_pred")
+    args, kwargs = mae_init_args(module)
+    return finish(module, p, args, kwargs, arch, overrides)
+
+
+# ============================================================================ save_hf
+
+def _hf_unsupported(module: ViT) -> list[str]:
+    """Settings of a vit_jax ViT that transformers' ViT cannot express."""
+    bad = []
+    if module.pool != "token":
+        bad.append(f"pool={module.pool!r} (HF ViT classifies from the class token)")
+    if not module.class_token:
+        bad.append("class_token=False (HF ViT always has a class token)")
+    if module.posemb != "learn":
+        bad.append(f"posemb={module.posemb!r} (HF ViT has a learned position embedding)")
+    if module._use_fc_norm:
+        bad.append("fc_norm=True (HF ViT has no norm on the pooled features)")
+    if module.pre_norm:
+        bad.append("pre_norm=True (HF ViT has no norm before the blocks)")
+    if module.norm_layer != "layernorm":
+        bad.append(f"norm_layer={module.norm_layer!r} (HF ViT uses LayerNorm)")
+    if module.init_values is not None:
+        bad.append(f"init_values={module.init_values} (HF ViT has no layer scale)")
+    if module.act not in _TO_HF_ACTS:
+        bad.append(f"act={module.act!r} (no Hugging Face activation of that name)")
+    return bad
+
+
+def _to_torch_dense(flat: Mapping[str, np.ndarray], src: str, dst: str,
+                    out: dict[str, np.ndarray]) -> None:
+    out[f"{dst}.weight"] = np.ascontiguousarray(flat[f"{src}/kernel"].T)
+    if f"{src}/bias" in flat:
+        out[f"{dst}.bias"] = flat[f"{src}/bias"]
+
+
+def _vit_to_hf_state(module: ViT, params: Mapping) -> dict[str, np.ndarray]:
+    """vit_jax ViT params -> HF ViT(Model|ForImageClassification) checkpoint tensors."""
+    if "blocks" in params:  # scan layout
+        params = unscan_params(dict(params))
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    pre = "vit." if module.num_classes > 0 else ""
+    out: dict[str, np.ndarray] = {}
+    kernel = flat["embedding/kernel"]
+    out[f"{pre}embeddings.patch_embeddings.projection.weight"] = np.ascontiguousarray(
+        kernel.transpose(3, 2, 0, 1))
+    # HF's patch conv always has a bias: a zero one reproduces patch_bias=False exactly.
+    out[f"{pre}embeddings.patch_embeddings.projection.bias"] = flat.get(
+        "embedding/bias", np.zeros(kernel.shape[-1], np.float32))
+    out[f"{pre}embeddings.cls_token"] = flat["cls_token"]
+    out[f"{pre}embeddings.position_embeddings"] = flat["pos_embed"]
+    for i in range(module.depth):
+        blk = f"blocks_{i}"
+        hf = f"{pre}encoder.layer.{i}"
+        if module.fused_qkv:  # qkv kernel (D, 3D) columns are [q | k | v]
+            qkv = flat[f"{blk}/attn/qkv/kernel"]
+            d = qkv.shape[1] // 3
+            for j, name in enumerate(("query", "key", "value")):
+                flat[f"{blk}/attn/{name}/kernel"] = qkv[:, j * d:(j + 1) * d]
+                if f"{blk}/attn/qkv/bias" in flat:
+                    flat[f"{blk}/attn/{name}/bias"] = flat[f"{blk}/attn/qkv/bias"][j * d:(j + 1) * d]
+        for dst, src, kind in _HF_BLOCK:
+            if kind == "norm":
+                out[f"{hf}.{src}.weight"] = flat[f"{blk}/{dst}/scale"]
+                out[f"{hf}.{src}.bias"] = flat[f"{blk}/{dst}/bias"]
+            else:
+                _to_torch_dense(flat, f"{blk}/{dst}", f"{hf}.{src}", out)
+    out[f"{pre}layernorm.weight"] = flat["norm/scale"]
+    out[f"{pre}layernorm.bias"] = flat["norm/bias"]
+    if module.num_classes > 0:
+        _to_torch_dense(flat, "head", "classifier", out)
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def save_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
+            id2label: Mapping[int, str] | None = None) -> Path:
+    """Write a vit_jax ViT as a Hugging Face folder (config.json + model.safetensors).
+
+    num_classes == 0 gives a ViTModel folder (no pooler weights: transformers initialises
+    its pooler randomly and warns; last_hidden_state is exact), num_classes > 0 a
+    ViTForImageClassification folder whose logits equal ours.  Weights are written as
+    float32.  Raises ConversionError for settings HF's ViT cannot express (gap pooling,
+    sin-cos or no pos-emb, no class token, fc_norm, norm_pre, RMSNorm, layer scale, ...).
+    """
+    if not isinstance(module, ViT):
+        raise ConversionError(f"save_hf writes vit_jax ViT models; got {type(module).__name__}.")
+    bad = _hf_unsupported(module)
+    if bad:
+        raise ConversionError("Hugging Face's ViT cannot express: " + "; ".join(bad) + ".")
+    params = variables["params"] if "params" in variables else variables
+    tensors = _vit_to_hf_state(module, params)
+    image, patch = pair(module.image_size), pair(module.patch_size)
+    classify = module.num_classes > 0
+    cfg: dict[str, Any] = {
+        "architectures": ["ViTForImageClassification" if classify else "ViTModel"],
+        "model_type": "vit",
+        "hidden_size": module.width, "num_hidden_layers": module.depth,
+        "num_attention_heads": module.num_heads,
+        "intermediate_size": module.mlp_dim or int(module.width * module.mlp_ratio),
+        "hidden_act": _TO_HF_ACTS[module.act],
+        "hidden_dropout_prob": module.dropout,
+        "attention_probs_dropout_prob": module.attn_dropout,
+        "initializer_range": 0.02, "layer_norm_eps": module.layer_norm_eps,
+        "image_size": image[0] if image[0] == image[1] else list(image),
+        "patch_size": patch[0] if patch[0] == patch[1] else list(patch),
+        "num_channels": module.in_channels, "qkv_bias": module.qkv_bias,
+        "encoder_stride": patch[0], "pooler_output_size": module.width, "pooler_act": "tanh",
+        "dtype": "float32",
+    }
+    if classify:
+        labels = {int(k): str(v) for k, v in (id2label or {}).items()} or \
+            {i: f"LABEL_{i}" for i in range(module.num_classes)}
+        if sorted(labels) != list(range(module.num_classes)):
+            raise ConversionError(f"id2label must name classes 0..{module.num_classes - 1}; "
+                                  f"got keys {sorted(labels)}.")
+        cfg["id2label"] = {str(i): labels[i] for i in range(module.num_classes)}
+        cfg["label2id"] = {labels[i]: i for i in range(module.num_classes)}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return folder
+

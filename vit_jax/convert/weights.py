@@ -1,0 +1,340 @@
+"""Reading weight files and the machinery every converter shares.
+
+Files: safetensors (numpy, or torch for bfloat16), torch.load(weights_only=True) state dicts,
+Hugging Face folders (single or sharded).  Bookkeeping: `StateDict` hands out checkpoint
+tensors and reports missing / unused keys; `Params` builds the flax tree from them (torch
+Linear / Conv2d / LayerNorm layouts -> flax); `finish` applies overrides and checks every
+name and shape against the module's own tree.  All errors are `ConversionError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.layers import sincos_2d
+from vit_jax.models.vit import ViT, scan_params
+
+Variables = dict[str, Any]
+PathLike = str | os.PathLike
+
+# Fixed sin-cos embeddings are recomputed here; a stored copy must agree to this tolerance.
+_POSEMB_ATOL = 1e-4
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted (bad keys, shapes or unsupported settings)."""
+
+
+# ============================================================================ reading files
+
+def _to_numpy(t: Any) -> np.ndarray:
+    """torch tensor / numpy array -> float32 (for floating) numpy array."""
+    if hasattr(t, "detach"):  # torch tensor; bf16/fp16 have no exact numpy twin everywhere
+        t = t.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        t = t.numpy()
+    a = np.asarray(t)
+    # jnp.issubdtype also knows ml_dtypes' bfloat16, which numpy alone does not call floating.
+    return a.astype(np.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+        return {k: _to_numpy(v) for k, v in load_file(str(path)).items()}
+    except TypeError:
+        # numpy has no bfloat16: read through torch instead.
+        from safetensors.torch import load_file as load_torch
+        return {k: _to_numpy(v) for k, v in load_torch(str(path)).items()}
+
+
+def torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True): tensors and plain containers only, never arbitrary objects."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - torch is optional for safetensors folders
+        raise ConversionError(f"reading {path} needs PyTorch (pip install torch); "
+                              "safetensors files do not.") from e
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConversionError(
+            f"{path} holds Python objects besides tensors (e.g. the argparse Namespace or "
+            "optimizer state of a training checkpoint), which weights_only=True refuses to "
+            "unpickle. If you trust the file, extract the weights once with "
+            "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth').") from e
+
+
+def flatten_torch_state(obj: Any, path: Path) -> dict[str, np.ndarray]:
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} does not hold a state dict (got {type(obj).__name__}).")
+    bad = [k for k, v in obj.items() if not (hasattr(v, "detach") or isinstance(v, np.ndarray))]
+    if bad:
+        raise ConversionError(f"{path}: entries that are not tensors: {bad[:10]}.")
+    return {str(k): _to_numpy(v) for k, v in obj.items()}
+
+
+def read_hf_weights(folder: Path) -> dict[str, np.ndarray]:
+    """All tensors of a Hugging Face folder: safetensors first, then pytorch_model.bin."""
+    single = [("model.safetensors", _load_safetensors),
+              ("pytorch_model.bin", lambda p: flatten_torch_state(torch_load(p), p))]
+    for name, reader in single:
+        if (folder / name).is_file():
+            return reader(folder / name)
+        index = folder / f"{name}.index.json"
+        if index.is_file():  # sharded: the index maps every key to its shard
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            out: dict[str, np.ndarray] = {}
+            for shard in shards:
+                out.update(reader(folder / shard))
+            return out
+    raise FileNotFoundError(
+        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json, "
+        f"pytorch_model.bin or pytorch_model.bin.index.json (found {sorted(os.listdir(folder))}).")
+
+
+# ============================================================================ key bookkeeping
+
+class StateDict:
+    """Checkpoint tensors by name; records what was consumed so leftovers can be reported."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
+        self.tensors, self.source = dict(tensors), source
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def take(self, key: str, optional: bool = False) -> np.ndarray | None:
+        if key not in self.tensors:
+            if not optional:
+                self.missing.append(key)
+            return None
+        self.used.add(key)
+        return self.tensors[key]
+
+    def drop(self, pattern: str) -> None:
+        """Mark keys matching a regex as consumed on purpose (e.g. HF's unused pooler)."""
+        self.used.update(k for k in self.tensors if re.fullmatch(pattern, k))
+
+    def count(self, pattern: str) -> int:
+        """1 + the largest integer captured by `pattern` over all keys (e.g. number of blocks)."""
+        idx = [int(m.group(1)) for k in self.tensors if (m := re.match(pattern, k))]
+        return max(idx) + 1 if idx else 0
+
+    def finish(self) -> None:
+        unused = sorted(set(self.tensors) - self.used)
+        if self.missing or unused:
+            parts = []
+            if self.missing:
+                parts.append(f"{len(self.missing)} missing key(s): {self.missing}")
+            if unused:
+                parts.append(f"{len(unused)} unused key(s): {unused}")
+            raise ConversionError(f"{self.source}: " + "; ".join(parts) + ".")
+
+
+class Params:
+    """Builds a flax params tree from torch tensors, remembering each leaf's source key."""
+
+    def __init__(self, sd: StateDict):
+        self.sd = sd
+        self.flat: dict[str, np.ndarray] = {}
+        self.src: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+    def put(self, dst: str, value: np.ndarray | None, src: str,
+            fn: Callable[[np.ndarray], np.ndarray] | None = None, ndim: int | None = None) -> None:
+        if value is None:
+            return
+        self.src[dst] = (src, tuple(value.shape))
+        # A tensor of the wrong rank is kept as is: the shape check then names it.
+        self.flat[dst] = fn(value) if fn is not None and (ndim is None or value.ndim == ndim) \
+            else value
+
+    def array(self, dst: str, src: str) -> None:
+        self.put(dst, self.sd.take(src), src)
+
+    def dense(self, dst: str, src: str) -> None:
+        """torch Linear `src`.{weight,bias} -> flax Dense `dst`/{kernel,bias} (bias optional)."""
+        self.put(f"{dst}/kernel", self.sd.take(f"{src}.weight"), f"{src}.weight", np.transpose, 2)
+        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias", optional=True), f"{src}.bias")
+
+    def conv(self, dst: str, src: str) -> None:
+        """torch Conv2d (out, in, kh, kw) -> flax Conv (kh, kw, in, out)."""
+        self.put(f"{dst}/kernel", self.sd.take(f"{src}.weight"), f"{src}.weight",
+                 lambda w: w.transpose(2, 3, 1, 0), 4)
+        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias", optional=True), f"{src}.bias")
+
+    def norm(self, dst: str, src: str) -> None:
+        self.put(f"{dst}/scale", self.sd.take(f"{src}.weight"), f"{src}.weight")
+        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias"), f"{src}.bias")
+
+    def fused_qkv(self, dst: str, src: str) -> None:
+        """timm's fused qkv Linear (3D, D): rows are [q | k | v] -> separate query/key/value."""
+        w, b = self.sd.take(f"{src}.weight"), self.sd.take(f"{src}.bias", optional=True)
+        for i, name in enumerate(("query", "key", "value")):
+            if w is not None:
+                d = w.shape[0] // 3
+                self.put(f"{dst}/{name}/kernel", w[i * d:(i + 1) * d], f"{src}.weight", np.transpose, 2)
+            if b is not None:
+                d = b.shape[0] // 3
+                self.put(f"{dst}/{name}/bias", b[i * d:(i + 1) * d], f"{src}.bias")
+
+    def tree(self) -> dict:
+        out: dict = {}
+        for path, value in self.flat.items():
+            node = out
+            *parents, leaf = path.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, path))
+        else:
+            out[path] = v
+    return out
+
+
+def _check_against(params: Params, expected: Mapping, what: str) -> None:
+    """Compare the built tree with the module's own (eval_shape) tree: names and shapes."""
+    want = {k: tuple(v.shape) for k, v in flatten(expected).items()}
+    got = params.flat
+    problems = []
+    for k in sorted(set(want) - set(got)):
+        problems.append(f"{what} expects parameter {k} {want[k]} but the checkpoint has no "
+                        "tensor for it")
+    for k in sorted(set(got) - set(want)):
+        src, shape = params.src[k]
+        problems.append(f"checkpoint key {src!r} {shape} has no place in {what} (would be {k}); "
+                        "does config.json match the weights (e.g. qkv_bias)?")
+    for k in sorted(set(want) & set(got)):
+        if tuple(got[k].shape) != want[k]:
+            src, shape = params.src[k]
+            problems.append(f"shape mismatch for checkpoint key {src!r}: checkpoint {shape} "
+                            f"(as flax {tuple(got[k].shape)}) but {what} parameter {k} is {want[k]}")
+    if problems:
+        raise ConversionError("; ".join(problems) + ".")
+
+
+def _fields(module: nn.Module) -> list[str]:
+    return [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
+
+
+def _apply_overrides(module: nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
+    """module.clone(**overrides); for MAE, ViT fields it lacks go to its encoder."""
+    if not overrides:
+        return module
+    own = {k: v for k, v in overrides.items() if k in _fields(module)}
+    rest = {k: v for k, v in overrides.items() if k not in own}
+    encoder = getattr(module, "encoder", None)
+    if rest and isinstance(encoder, ViT):
+        unknown = sorted(set(rest) - set(_fields(encoder)))
+        if not unknown:
+            own["encoder"] = encoder.clone(**rest)
+            rest = {}
+    if rest:
+        valid = _fields(module) + (_fields(encoder) if isinstance(encoder, ViT) else [])
+        raise ConversionError(f"unknown override(s) {sorted(rest)} for {type(module).__name__}; "
+                              f"valid fields: {valid}.")
+    return module.clone(**own)
+
+
+def finish(module: nn.Module, params: Params, init_args: tuple, init_kwargs: dict,
+            what: str, overrides: Mapping[str, Any]) -> tuple[nn.Module, Variables]:
+    """Report unused / missing keys, apply the overrides, check names and shapes against
+    the resulting module, and return (module, {"params": jax arrays})."""
+    params.sd.finish()
+    module = _apply_overrides(module, overrides)
+    # Check against the final module (an override that changes shapes must fail), in the
+    # unscanned layout the tree is built in.
+    flat_module = module
+    if isinstance(module, ViT) and module.scan:
+        flat_module = module.clone(scan=False)
+    encoder = getattr(module, "encoder", None)
+    if isinstance(encoder, ViT) and encoder.scan:
+        flat_module = module.clone(encoder=encoder.clone(scan=False))
+    # eval_shape: the shapes of a fresh init without computing (or allocating) anything.
+    expected = jax.eval_shape(lambda a, kw: flat_module.init(jax.random.key(0), *a, **kw),
+                              init_args, init_kwargs)["params"]
+    _check_against(params, expected, what)
+    tree = jax.tree.map(jnp.asarray, params.tree())
+    if isinstance(module, ViT) and module.scan:
+        tree = scan_params(tree, module.depth)
+    if isinstance(encoder, ViT) and encoder.scan:
+        tree["encoder"] = scan_params(tree["encoder"], encoder.depth)
+    return module, {"params": tree}
+
+
+# ============================================================================ shared mappings
+
+def pair(x: Any) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
+
+
+def dummy_images(module: ViT) -> jax.ShapeDtypeStruct:
+    h, w = pair(module.image_size)
+    return jax.ShapeDtypeStruct((1, h, w, module.in_channels), jnp.float32)
+
+
+def check_fixed_posemb(value: np.ndarray | None, key: str, grid: tuple[int, int], dim: int) -> None:
+    """A stored fixed pos-emb must be the sin-cos table vit_jax recomputes (MAE layout)."""
+    if value is None:
+        return
+    want = sincos_2d(grid[0], grid[1], dim, cls_token=True)
+    if tuple(value.shape) != want.shape:
+        raise ConversionError(f"shape mismatch for checkpoint key {key!r}: checkpoint "
+                              f"{tuple(value.shape)} but the fixed sin-cos table is {want.shape}.")
+    diff = float(np.abs(value - want).max())
+    if diff > _POSEMB_ATOL:
+        raise ConversionError(
+            f"{key!r} is not the fixed 2-D sin-cos position embedding that vit_jax computes "
+            f"(max |diff| {diff:.3g}); vit_jax has no parameter for it, so the converted model "
+            "would differ. Pass check_posemb=False to load anyway (e.g. a randomly initialised "
+            "Hugging Face ViTMAE, whose table may be all zeros).")
+
+
+# ============================================================================ MAE targets
+
+def _mae_class() -> type:
+    try:
+        from vit_jax.models.mae import MAE
+    except ImportError as e:
+        raise ConversionError("converting MAE pre-training weights needs "
+                              "vit_jax.models.mae.MAE, which could not be imported.") from e
+    return MAE
+
+
+def make_mae(encoder: ViT, decoder_width: int, decoder_depth: int, decoder_heads: int,
+             decoder_mlp_dim: int, mask_ratio: float, norm_pix_loss: bool) -> nn.Module:
+    """The MAE module of vit_jax.models.mae for an encoder ViT and decoder sizes."""
+    mae_cls = _mae_class()
+    # The decoder's eps / act / qkv_bias default to the encoder's, as in HF's single config.
+    return mae_cls(encoder=encoder, decoder_width=decoder_width, decoder_depth=decoder_depth,
+                   decoder_heads=decoder_heads, decoder_mlp_dim=decoder_mlp_dim,
+                   mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
+
+
+def mae_init_args(module: nn.Module) -> tuple[tuple, dict]:
+    enc = module.encoder
+    images = dummy_images(enc)
+    gh, gw = enc.base_grid
+    return (images,), {"noise": jax.ShapeDtypeStruct((1, gh * gw), jnp.float32)}
+
