@@ -12,7 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finetune.py", ""),
          ("mnist5k/linear_probe.py", ""), ("mnist5k/knn.py", ""),
          ("imagenet/mae_pretrain.py", "base"), ("imagenet/mae_pretrain.py", "huge"),
-         ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,")]
+         ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
+         ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
+         ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21")]
 
 
 def load(path, arg):

@@ -44,7 +44,9 @@ the keys and shapes involved.
 Package layout (one file a source format; a new Hugging Face family is a new file plus its
 lines in `_HF_LOADERS` below):
     weights.py        reading weight files; key bookkeeping, overrides and checks shared by all
-    hf_vit.py         Hugging Face ViT / ViTMAE import, and save_hf
+    hf_vit.py         Hugging Face ViT / ViTMAE import and ViT export
+    hf_swin.py        Hugging Face Swin import and export
+    hf_cvt.py         Hugging Face CvT import and export (BatchNorm running statistics included)
     mae_official.py   facebookresearch/mae checkpoint files
 """
 from __future__ import annotations
@@ -56,8 +58,9 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
+from vit_jax.convert import hf_cvt
+from vit_jax.convert import hf_swin
 from vit_jax.convert import hf_vit
-from vit_jax.convert.hf_vit import save_hf
 from vit_jax.convert.mae_official import load_mae_checkpoint
 from vit_jax.convert.weights import ConversionError, PathLike, Variables
 
@@ -67,9 +70,32 @@ _HF_LOADERS: dict[str, Callable[..., tuple[nn.Module, Variables]]] = {
     "ViTForImageClassification": hf_vit.load_vit,
     "ViTMAEModel": hf_vit.load_vit,
     "ViTMAEForPreTraining": hf_vit.load_vit_mae_pretraining,
+    "SwinModel": hf_swin.load_swin,
+    "SwinForImageClassification": hf_swin.load_swin,
+    "CvtModel": hf_cvt.load_cvt,
+    "CvtForImageClassification": hf_cvt.load_cvt,
 }
 
 SUPPORTED_HF_ARCHITECTURES = tuple(_HF_LOADERS)
+
+# vit_jax module class -> exporter(module, variables, folder, id2label).
+_HF_SAVERS: dict[type, Callable[..., Path]] = {
+    hf_vit.ViT: hf_vit.save_vit_hf,
+    hf_swin.Swin: hf_swin.save_swin_hf,
+    hf_cvt.CvT: hf_cvt.save_cvt_hf,
+}
+
+
+def save_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
+            id2label: Mapping[int, str] | None = None) -> Path:
+    """Write a vit_jax ViT, Swin or CvT as a Hugging Face folder (config.json + model.safetensors)
+    that transformers' *Model (num_classes == 0) or *ForImageClassification loads to the same
+    outputs. Raises ConversionError for settings the Hugging Face class cannot express."""
+    saver = _HF_SAVERS.get(type(module))
+    if saver is None:
+        raise ConversionError(f"save_hf writes {[c.__name__ for c in _HF_SAVERS]} models; "
+                              f"got {type(module).__name__}.")
+    return saver(module, variables, folder, id2label)
 
 
 def _hf_architecture(cfg: Mapping[str, Any], folder: Path) -> str:

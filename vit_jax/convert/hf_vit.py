@@ -243,7 +243,7 @@ def _vit_to_hf_state(module: ViT, params: Mapping) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
 
 
-def save_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
+def save_vit_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
             id2label: Mapping[int, str] | None = None) -> Path:
     """Write a vit_jax ViT as a Hugging Face folder (config.json + model.safetensors).
 
