@@ -43,6 +43,24 @@ def test_decay_mask_on_a_real_vit():
     assert all(k.endswith("kernel") for k in decayed)
 
 
+def test_decay_mask_swin_tables_and_cvt_cls_token():
+    import jax
+    from vit_jax import models
+    for name, kw, size in (("swin_tiny_patch4_window7_224", dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+                                                                 window_size=2, image_size=16), 16),
+                           ("cvt_13_224", dict(dims=(8, 16, 24), depths=(1, 1, 1), heads=(1, 2, 3)), 64)):
+        model = models.create(name, num_classes=3, **kw)
+        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
+        flat = {optim.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
+        excluded = [k for k, v in flat.items() if not v and k.rsplit("/", 1)[-1] not in ("bias", "scale")]
+        decayed = [k for k, v in flat.items() if v]
+        assert all(k.endswith("kernel") for k in decayed), name
+        if name.startswith("swin"):
+            assert excluded and all(k.endswith("relative_position_bias_table") for k in excluded)
+        else:
+            assert excluded == ["stage_2_cls_token"]
+
+
 def test_ema_update():
     ema = optim.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.75)
     np.testing.assert_allclose(ema["w"], [1.5, 3.0])

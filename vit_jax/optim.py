@@ -70,7 +70,9 @@ def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES) -> Any:
     """True where a leaf gets weight decay: arrays of 2+ dims whose name is not in `no_decay`."""
     def one(path, leaf):
         name = path_str(path).rsplit("/", 1)[-1]
-        return name not in no_decay and jnp.ndim(leaf) >= 2
+        # "stage_2_cls_token" (CvT) is a cls token too
+        named = any(name == n or name.endswith("_" + n) for n in no_decay)
+        return not named and jnp.ndim(leaf) >= 2
     return jax.tree_util.tree_map_with_path(one, params)
 
 

@@ -41,6 +41,9 @@ class Supervised(Objective):
             raise ValueError(f"supervised.mix_prob={s.mix_prob} must be in [0, 1]")
         if self.num_classes <= 0:
             raise ValueError("the supervised objective needs a labelled dataset with num_classes > 0")
+        if self.config.optim.layer_decay < 1.0 and not hasattr(self.model, "depth"):
+            raise ValueError(f"optim.layer_decay uses ViT layer ids; {type(self.model).__name__} has "
+                             "no flat block list yet: set optim.layer_decay=1.0")
 
     def load_pretrained(self, params, extra):
         if not self.config.init_from:
