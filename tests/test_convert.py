@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from transformers import (ViTConfig, ViTForImageClassification, ViTMAEConfig,  # noqa: E402
                           ViTMAEForPreTraining, ViTMAEModel, ViTModel)

@@ -217,8 +217,8 @@ def test_module_errors(images):
 # --------------------------------------------------------------------------- HF parity
 
 def _hf_mae(norm_pix_loss: bool):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     cfg = transformers.ViTMAEConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
@@ -271,7 +271,7 @@ def _hf_to_params(model) -> dict:
 
 
 def test_hf_sincos_layout_matches_mae():
-    hf = pytest.importorskip("transformers.models.vit_mae.modeling_vit_mae")
+    import transformers.models.vit_mae.modeling_vit_mae as hf
     # HF builds [sin_h|cos_h|sin_w|cos_w] then swaps the halves to MAE's (w first) layout.
     pe = hf.build_2d_sinusoidal_position_embedding(3, 5, 16, cls_token=True).numpy()
     pe = np.concatenate([pe[..., 8:], pe[..., :8]], axis=-1)
@@ -280,7 +280,7 @@ def test_hf_sincos_layout_matches_mae():
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_parity_with_hf(norm_pix_loss, images):
-    torch = pytest.importorskip("torch")
+    import torch
     cfg, hf_model = _hf_mae(norm_pix_loss)
     params = jax.tree.map(jnp.asarray, _hf_to_params(hf_model))
     model = tiny_mae(encoder=dict(layer_norm_eps=cfg.layer_norm_eps, act=cfg.hidden_act,

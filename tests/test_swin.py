@@ -63,8 +63,8 @@ def test_relative_index_and_mask() -> None:
 
 # ----------------------------------------------------------------------------- HF parity
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 from transformers import SwinConfig, SwinForImageClassification, SwinModel  # noqa: E402
 
 from vit_jax import convert  # noqa: E402

@@ -26,7 +26,7 @@ import numpy as np
 
 from vit_jax.convert.hf_vit import _HF_ACTS, _TO_HF_ACTS, _num_labels
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     finish, flatten, read_hf_weights)
+                                     finish, flatten, read_hf_weights, canonical_keys)
 from vit_jax.models.swin import Swin
 
 # HF SwinConfig defaults (configuration_swin.py) for keys absent from config.json.
@@ -60,18 +60,8 @@ _HF_RENAMES = ((r"\.attention\.q_proj\.", ".attention.self.query."),
 
 
 def _canonical(tensors: Mapping[str, np.ndarray], folder: Path) -> dict[str, np.ndarray]:
-    """Strip the `swin.` prefix and map newer module names onto the hub layout."""
-    out: dict[str, np.ndarray] = {}
-    origin: dict[str, str] = {}
-    for key, value in tensors.items():
-        k = key[len("swin."):] if key.startswith("swin.") else key
-        for pattern, repl in _HF_RENAMES:
-            k = re.sub(pattern, repl, k)
-        if k in out:
-            raise ConversionError(f"{folder}: keys {origin[k]!r} and {key!r} are the same tensor "
-                                  f"({k!r}) under two names.")
-        out[k], origin[k] = value, key
-    return out
+    """Strip the `swin.` prefix and map newer HF module names onto the checkpoint layout."""
+    return canonical_keys(tensors, folder, "swin.", _HF_RENAMES)
 
 
 def _int(x: Any, what: str) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
                                      check_fixed_posemb, dummy_images, finish, flatten,
-                                     mae_init_args, make_mae, pair, read_hf_weights)
+                                     mae_init_args, make_mae, pair, read_hf_weights, canonical_keys)
 from vit_jax.models.vit import ViT, unscan_params
 
 # ============================================================================ import
@@ -60,17 +60,7 @@ _HF_RENAMES = ((r"^layers\.(\d+)\.", r"encoder.layer.\1."),
 
 def _hf_canonical(tensors: Mapping[str, np.ndarray], folder: Path) -> dict[str, np.ndarray]:
     """Strip the `vit.` prefix and map newer HF module names onto the checkpoint layout."""
-    out: dict[str, np.ndarray] = {}
-    origin: dict[str, str] = {}
-    for key, value in tensors.items():
-        k = key[len("vit."):] if key.startswith("vit.") else key
-        for pattern, repl in _HF_RENAMES:
-            k = re.sub(pattern, repl, k)
-        if k in out:
-            raise ConversionError(f"{folder}: keys {origin[k]!r} and {key!r} are the same tensor "
-                                  f"({k!r}) under two names.")
-        out[k], origin[k] = value, key
-    return out
+    return canonical_keys(tensors, folder, "vit.", _HF_RENAMES)
 
 
 def _read_folder(folder: Path, cfg: Mapping[str, Any]) -> tuple[dict, StateDict]:

@@ -338,3 +338,20 @@ def mae_init_args(module: nn.Module) -> tuple[tuple, dict]:
     gh, gw = enc.base_grid
     return (images,), {"noise": jax.ShapeDtypeStruct((1, gh * gw), jnp.float32)}
 
+
+
+def canonical_keys(tensors: Mapping[str, np.ndarray], folder: Path | str, prefix: str,
+                   renames: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
+    """Strips `prefix` and maps newer Hugging Face module names onto the hub layout (`renames`:
+    (regex, replacement) pairs). Raises ConversionError when two keys name the same tensor."""
+    out: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for key, value in tensors.items():
+        k = key[len(prefix):] if key.startswith(prefix) else key
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        if k in out:
+            raise ConversionError(f"{folder}: keys {origin[k]!r} and {key!r} are the same tensor "
+                                  f"({k!r}) under two names.")
+        out[k], origin[k] = value, key
+    return out
