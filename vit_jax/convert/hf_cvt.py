@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     _check_against, finish, flatten, pair, read_hf_weights)
+                                     _check_against, finish, flatten, pair, read_hf_weights,
+                                     write_hf_folder)
 from vit_jax.models.cvt import CvT
 
 # HF CvtConfig defaults for keys absent from config.json.
@@ -239,23 +240,7 @@ def save_cvt_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLik
         "drop_path_rate": lst(module.drop_path_rate, float),
         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "dtype": "float32",
     }
-    if classify:
-        labels = {int(k): str(v) for k, v in (id2label or {}).items()} or \
-            {i: f"LABEL_{i}" for i in range(module.num_classes)}
-        if sorted(labels) != list(range(module.num_classes)):
-            raise ConversionError(f"id2label must name classes 0..{module.num_classes - 1}; "
-                                  f"got keys {sorted(labels)}.")
-        cfg["id2label"] = {str(i): labels[i] for i in range(module.num_classes)}
-        cfg["label2id"] = {labels[i]: i for i in range(module.num_classes)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-    # contiguous: safetensors writes the raw buffer, so a transposed view would be scrambled.
-    # (np.array, not ascontiguousarray, which turns num_batches_tracked's 0-d into 1-d.)
-    out = {k: np.array(v, order="C") for k, v in out.items()}
-    save_file(out, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return folder
+    return write_hf_folder(folder, cfg, out, module.num_classes if classify else None, id2label)
 
 
 __all__ = ["load_cvt", "save_cvt_hf"]

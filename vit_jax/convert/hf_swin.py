@@ -16,7 +16,6 @@ vit_jax clamps (reading the table's centre), which is what the official code doe
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +25,8 @@ import numpy as np
 
 from vit_jax.convert.hf_vit import _HF_ACTS, _TO_HF_ACTS, _num_labels
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     finish, flatten, read_hf_weights, canonical_keys)
+                                     finish, flatten, read_hf_weights, canonical_keys,
+                                     write_hf_folder)
 from vit_jax.models.swin import Swin
 
 # HF SwinConfig defaults (configuration_swin.py) for keys absent from config.json.
@@ -193,20 +193,7 @@ def save_swin_hf(module: Swin, variables: Mapping[str, Any], folder: PathLike,
         "use_absolute_embeddings": False, "layer_norm_eps": module.layer_norm_eps,
         "initializer_range": 0.02, "encoder_stride": 32, "dtype": "float32",
     }
-    if classify:
-        labels = {int(k): str(v) for k, v in (id2label or {}).items()} or \
-            {i: f"LABEL_{i}" for i in range(module.num_classes)}
-        if sorted(labels) != list(range(module.num_classes)):
-            raise ConversionError(f"id2label must name classes 0..{module.num_classes - 1}; "
-                                  f"got keys {sorted(labels)}.")
-        cfg["id2label"] = {str(i): labels[i] for i in range(module.num_classes)}
-        cfg["label2id"] = {labels[i]: i for i in range(module.num_classes)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return folder
+    return write_hf_folder(folder, cfg, tensors, module.num_classes if classify else None, id2label)
 
 
 __all__ = ["load_swin", "save_swin_hf"]

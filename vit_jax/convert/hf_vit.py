@@ -5,7 +5,6 @@ ViTForImageClassification folder).  What each architecture becomes: see vit_jax.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,7 +13,8 @@ import numpy as np
 
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
                                      check_fixed_posemb, dummy_images, finish, flatten,
-                                     mae_init_args, make_mae, pair, read_hf_weights, canonical_keys)
+                                     mae_init_args, make_mae, pair, read_hf_weights, canonical_keys,
+                                     write_hf_folder)
 from vit_jax.models.vit import ViT, unscan_params
 
 # ============================================================================ import
@@ -268,18 +268,5 @@ def save_vit_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLik
         "encoder_stride": patch[0], "pooler_output_size": module.width, "pooler_act": "tanh",
         "dtype": "float32",
     }
-    if classify:
-        labels = {int(k): str(v) for k, v in (id2label or {}).items()} or \
-            {i: f"LABEL_{i}" for i in range(module.num_classes)}
-        if sorted(labels) != list(range(module.num_classes)):
-            raise ConversionError(f"id2label must name classes 0..{module.num_classes - 1}; "
-                                  f"got keys {sorted(labels)}.")
-        cfg["id2label"] = {str(i): labels[i] for i in range(module.num_classes)}
-        cfg["label2id"] = {labels[i]: i for i in range(module.num_classes)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return folder
+    return write_hf_folder(folder, cfg, tensors, module.num_classes if classify else None, id2label)
 

@@ -355,3 +355,30 @@ def canonical_keys(tensors: Mapping[str, np.ndarray], folder: Path | str, prefix
                                   f"({k!r}) under two names.")
         out[k], origin[k] = value, key
     return out
+
+
+def write_hf_folder(folder: PathLike, cfg: dict, tensors: Mapping[str, np.ndarray],
+                    num_classes: int | None, id2label: Mapping[int, str] | None = None) -> Path:
+    """Writes config.json (with id2label/label2id for a *ForImageClassification folder, i.e.
+    num_classes is not None) and model.safetensors.
+
+    Shared by every exporter. Arrays are made C-contiguous first: safetensors writes the raw
+    buffer, so a transposed view would be scrambled.
+    """
+    cfg = dict(cfg)
+    if num_classes is not None:
+        labels = {int(k): str(v) for k, v in (id2label or {}).items()} or \
+            {i: f"LABEL_{i}" for i in range(num_classes)}
+        if sorted(labels) != list(range(num_classes)):
+            raise ConversionError(f"id2label must name classes 0..{num_classes - 1}; "
+                                  f"got keys {sorted(labels)}.")
+        cfg["id2label"] = {str(i): labels[i] for i in range(num_classes)}
+        cfg["label2id"] = {labels[i]: i for i in range(num_classes)}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+    # np.array, not ascontiguousarray, which turns 0-d arrays (num_batches_tracked) into 1-d
+    save_file({k: np.array(v, order="C") for k, v in tensors.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return folder
