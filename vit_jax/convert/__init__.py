@@ -29,6 +29,23 @@ What each Hugging Face architecture becomes (outputs agree in float32 eval mode)
                                tokens with ids_restore (identical for sorted noise).
     ViTMAEForPreTraining       vit_jax.models.mae.MAE; apply(v, images, noise=noise)
                                gives loss / pred / mask equal to HF's loss / logits / mask.
+    CLIPVisionModel            ViT(num_classes=0, pool="token", pre_norm=True,
+                               final_norm=False, fc_norm=True, patch_bias=False,
+                               posemb_interp="bicubic"): aux["encoded"] == last_hidden_state
+                               (no norm on the tokens), out == pooler_output
+                               (post_layernorm of the cls token, our fc_norm).
+    CLIPVisionModelWithProjection  the same with num_classes=projection_dim, head_bias=False
+                               (visual_projection): out == image_embeds.
+    CLIPModel                  its vision tower as CLIPVisionModelWithProjection: out ==
+                               get_image_features(...).pooler_output; the text tower,
+                               text_projection and logit_scale are ignored.
+    Dinov2Model                ViT(num_classes=0, pool="token", init_values=layerscale_value,
+                               patch 14, posemb_interp="bicubic"): aux["encoded"] ==
+                               last_hidden_state, out == pooler_output (normed cls token).
+                               use_swiglu_ffn (ViT-g/14) is refused; the mask token dropped.
+CLIP and DINOv2 resize their position embeddings with torch's bicubic kernel when the patch
+grid differs from the stored one (HF: DINOv2 always, CLIP with interpolate_pos_encoding=True);
+vit_jax does the same for those modules, so other resolutions agree as well.
 The fixed sin-cos position embeddings of ViTMAE are not parameters here: they are checked
 against vit_jax's `sincos_2d` (1e-4) and dropped (check_posemb=False skips the check).
 
@@ -47,6 +64,8 @@ lines in `_HF_LOADERS` below):
     hf_vit.py         Hugging Face ViT / ViTMAE import and ViT export
     hf_swin.py        Hugging Face Swin import and export
     hf_cvt.py         Hugging Face CvT import and export (BatchNorm running statistics included)
+    hf_clip.py        Hugging Face CLIP vision tower import
+    hf_dinov2.py      Hugging Face DINOv2 import (its key mapping is reusable: dinov2_params)
     mae_official.py   facebookresearch/mae checkpoint files
 """
 from __future__ import annotations
@@ -58,7 +77,9 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
+from vit_jax.convert import hf_clip
 from vit_jax.convert import hf_cvt
+from vit_jax.convert import hf_dinov2
 from vit_jax.convert import hf_swin
 from vit_jax.convert import hf_vit
 from vit_jax.convert.mae_official import load_mae_checkpoint
@@ -74,6 +95,10 @@ _HF_LOADERS: dict[str, Callable[..., tuple[nn.Module, Variables]]] = {
     "SwinForImageClassification": hf_swin.load_swin,
     "CvtModel": hf_cvt.load_cvt,
     "CvtForImageClassification": hf_cvt.load_cvt,
+    "CLIPVisionModel": hf_clip.load_clip,
+    "CLIPVisionModelWithProjection": hf_clip.load_clip,
+    "CLIPModel": hf_clip.load_clip,
+    "Dinov2Model": hf_dinov2.load_dinov2,
 }
 
 SUPPORTED_HF_ARCHITECTURES = tuple(_HF_LOADERS)

@@ -179,6 +179,11 @@ def _hf_unsupported(module: ViT) -> list[str]:
         bad.append("fc_norm=True (HF ViT has no norm on the pooled features)")
     if module.pre_norm:
         bad.append("pre_norm=True (HF ViT has no norm before the blocks)")
+    if module.final_norm is not None and not module._final_norm:  # (gap pooling: see pool)
+        bad.append("final_norm=False (HF ViT always applies its final layernorm to all tokens)")
+    if module.num_classes > 0 and not module.head_bias:
+        bad.append("head_bias=False (HF ViT's classifier has a bias)")
+    # patch_bias=False is expressible: the export writes a zero patch-conv bias.
     if module.norm_layer != "layernorm":
         bad.append(f"norm_layer={module.norm_layer!r} (HF ViT uses LayerNorm)")
     if module.init_values is not None:

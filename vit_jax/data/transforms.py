@@ -371,3 +371,18 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
         return out
 
     return apply
+
+
+def normalization_stats(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the normalize op in a transform spec (build's default, ImageNet, if absent):
+    what turns the model's inputs back into pixels in [0, 1]."""
+    mean, std = get_stats("imagenet")
+    for item in _split_top(spec):
+        if not item.strip():
+            continue
+        name, args, kwargs = parse_op(item)
+        if name == "normalize":
+            a = dict(zip(("mean", "std"), args), **kwargs)
+            if "mean" in a:
+                mean, std = get_stats(a["mean"], a.get("std"))
+    return tuple(mean), tuple(std)

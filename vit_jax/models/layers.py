@@ -260,6 +260,34 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = False) -> np
     return emb[None].astype(np.float32)
 
 
+def torch_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of torch's bicubic resize (align_corners=False, A=-0.75, edge clamp).
+
+    torch computes source x = (o + 0.5) * n_in / n_out - 0.5 and mixes the 4 pixels around
+    it with Keys' cubic (A = -0.75), clamping indices at the borders; jax.image.resize uses
+    A = -0.5 and renormalises at the edges, which differs by ~1e-2.  DINOv2 and CLIP resize
+    their position embeddings this way, so parity needs this exact kernel.
+    """
+    a = -0.75
+
+    def near(t):   # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t):    # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    w = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for o in range(n_out):
+        x = (o + 0.5) * scale - 0.5
+        i0 = int(np.floor(x))
+        t = x - i0
+        coeffs = (far(t + 1), near(t), near(1 - t), far(2 - t))
+        for k, c in enumerate(coeffs):
+            w[o, min(max(i0 - 1 + k, 0), n_in - 1)] += c
+    return w
+
+
 def resize_pos_embed(posemb: Array, new_grid: tuple[int, int], num_prefix_tokens: int = 1,
                      old_grid: tuple[int, int] | None = None, method: str = "bilinear",
                      antialias: bool = False) -> Array:
@@ -267,7 +295,9 @@ def resize_pos_embed(posemb: Array, new_grid: tuple[int, int], num_prefix_tokens
 
     The P prefix rows (cls / distillation tokens) are kept as they are; the grid rows are
     interpolated (half-pixel centres, like torch's align_corners=False).  `old_grid`
-    defaults to a square grid.  antialias=False matches torch F.interpolate.
+    defaults to a square grid.  method: "bilinear" (jax.image.resize; antialias=False
+    matches torch F.interpolate) or "bicubic" (torch's bicubic exactly, see
+    `torch_bicubic_matrix`; DINOv2 / CLIP).
     """
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     n, d = grid.shape[1], grid.shape[2]
@@ -278,7 +308,15 @@ def resize_pos_embed(posemb: Array, new_grid: tuple[int, int], num_prefix_tokens
         old_grid = (side, side)
     if tuple(old_grid) == tuple(new_grid):
         return posemb
-    grid = grid.reshape(old_grid[0], old_grid[1], d)
-    grid = jax.image.resize(grid.astype(jnp.float32), (new_grid[0], new_grid[1], d),
-                            method=method, antialias=antialias).astype(posemb.dtype)
+    grid = grid.reshape(old_grid[0], old_grid[1], d).astype(jnp.float32)
+    if method == "bicubic":
+        wh = jnp.asarray(torch_bicubic_matrix(old_grid[0], new_grid[0]), jnp.float32)
+        ww = jnp.asarray(torch_bicubic_matrix(old_grid[1], new_grid[1]), jnp.float32)
+        grid = jnp.einsum("Hh,hwd,Ww->HWd", wh, grid, ww, precision=jax.lax.Precision.HIGHEST)
+    elif method == "bilinear":
+        grid = jax.image.resize(grid, (new_grid[0], new_grid[1], d), method=method,
+                                antialias=antialias)
+    else:
+        raise ValueError(f"pos-emb resize method must be 'bilinear' or 'bicubic', got {method!r}.")
+    grid = grid.astype(posemb.dtype)
     return jnp.concatenate([prefix, grid.reshape(1, new_grid[0] * new_grid[1], d)], axis=1)

@@ -62,7 +62,10 @@ class ViT(nn.Module):
     pool: str = "token"               # "token" (class token) | "gap" (mean of patch tokens)
     class_token: bool = True
     fc_norm: bool | None = None       # None: True iff pool == "gap" (MAE fine-tuning)
+    final_norm: bool | None = None    # norm on all tokens; None: off iff pool == "gap" with fc_norm
+                                      # (CLIP: False, its post_layernorm is fc_norm on the cls token)
     posemb: str = "learn"             # "learn" | "sincos2d" (fixed, MAE layout) | "none"
+    posemb_interp: str = "bilinear"   # resizing a learned pos-emb: "bilinear" | "bicubic" (torch's)
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path_rate: float = 0.0       # linearly increasing 0 -> rate over depth (timm)
@@ -75,6 +78,7 @@ class ViT(nn.Module):
     act: str = "gelu"                 # see layers.get_activation
     init_values: float | None = None  # layer scale (DINOv2); None = off
     head_init_std: float = 0.0        # 0: zero-init head (google ViT); MAE fine-tune uses 2e-5
+    head_bias: bool = True            # CLIP's visual projection has no bias
     dtype: Dtype = jnp.float32        # compute dtype; params stay param_dtype
     param_dtype: Dtype = jnp.float32
     remat: bool = False               # rematerialise each block in the backward pass
@@ -85,6 +89,8 @@ class ViT(nn.Module):
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}; "
                              "choose num_heads that divides width (e.g. width // 64).")
+        if self.posemb_interp not in ("bilinear", "bicubic"):
+            raise ValueError(f"posemb_interp must be 'bilinear' or 'bicubic', got {self.posemb_interp!r}.")
         if self.pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {self.pool!r}.")
         if self.posemb not in _POSEMBS:
@@ -114,6 +120,8 @@ class ViT(nn.Module):
 
     @property
     def _final_norm(self) -> bool:
+        if self.final_norm is not None:
+            return bool(self.final_norm)
         # MAE global_pool: the token norm is replaced by fc_norm on the pooled features.
         return not (self.pool == "gap" and self._use_fc_norm)
 
@@ -162,7 +170,7 @@ class ViT(nn.Module):
         if self.num_classes > 0:
             init = (nn.initializers.zeros if self.head_init_std == 0.0
                     else nn.initializers.normal(self.head_init_std))
-            self.head = nn.Dense(self.num_classes, kernel_init=init, **kw)
+            self.head = nn.Dense(self.num_classes, kernel_init=init, use_bias=self.head_bias, **kw)
 
     # ------------------------------------------------------------------ pieces
     def _check_images(self, images: Array) -> tuple[int, int]:
@@ -185,7 +193,8 @@ class ViT(nn.Module):
         """Position embedding (1, P + h*w, D) for a patch grid; prefix (cls) rows first."""
         d, prefix = self.width, self.num_prefix_tokens
         if self.posemb == "learn":
-            return resize_pos_embed(self.pos_embed, grid, prefix, old_grid=self.base_grid)
+            return resize_pos_embed(self.pos_embed, grid, prefix, old_grid=self.base_grid,
+                                    method=self.posemb_interp)
         if self.posemb == "sincos2d":
             return jnp.asarray(sincos_2d(grid[0], grid[1], d, cls_token=self.class_token))
         return jnp.zeros((1, prefix + grid[0] * grid[1], d), jnp.float32)

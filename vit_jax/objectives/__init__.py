@@ -10,6 +10,7 @@ import importlib
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from vit_jax.data.info import DataInfo
 
@@ -36,9 +37,15 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array,
-                      step: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], Extra]]:
+             step: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], Extra]]:
         """Scalar loss to minimise and (metrics dict of scalars, updated extra). Pure; runs in jit."""
         raise NotImplementedError
+
+    def prepare_example(self, example: dict, rng: np.random.Generator) -> dict:
+        """Host-side, per training example, after the data transform (numpy): what the method
+        draws per image outside jit, e.g. EVA's block-wise patch mask. Deterministic given `rng`.
+        Default: unchanged."""
+        return example
 
     def after_update(self, params: Params, extra: Extra, step: jax.Array) -> Extra:
         """Called after each optimizer update (EMA teachers, schedules). Default: no change."""
@@ -81,10 +88,11 @@ class EvalContext:
 
 
 _REGISTRY: dict[str, str] = {
-        "supervised": "vit_jax.objectives.supervised:Supervised",
+    "supervised": "vit_jax.objectives.supervised:Supervised",
     "mae": "vit_jax.objectives.mae:MAEObjective",
     "linear_probe": "vit_jax.evaluate.linear_probe:LinearProbe",
     "knn": "vit_jax.evaluate.knn:KNN",
+    "eva": "vit_jax.objectives.eva:EVAObjective",
 }
 
 

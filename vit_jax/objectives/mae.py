@@ -68,20 +68,6 @@ def encoder_kwargs(config: mlc.ConfigDict, info: DataInfo) -> dict:
     return kw
 
 
-def _normalization_stats(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the normalize op in a transform spec (transforms.build's default if absent)."""
-    mean, std = transforms_lib.get_stats("imagenet")  # transforms.build's default
-    for item in transforms_lib._split_top(spec):  # noqa: SLF001 (the spec grammar lives there)
-        if not item.strip():
-            continue
-        name, args, kwargs = transforms_lib.parse_op(item)
-        if name == "normalize":
-            a = dict(zip(("mean", "std"), args), **kwargs)
-            if "mean" in a:
-                mean, std = transforms_lib.get_stats(a["mean"], a.get("std"))
-    return tuple(mean), tuple(std)
-
-
 class MAEObjective(Objective):
     """MAE pre-training: masked pixel MSE.  params = MAE's tree; params["encoder"] is the backbone."""
     name = "mae"
@@ -174,7 +160,7 @@ class MAEObjective(Objective):
             self._picture_fn = jax.jit(lambda p, x, n: self.model.apply({"params": p}, x, noise=n))
         x = jnp.asarray(images)
         out = jax.device_get(self._picture_fn(params, x, self._eval_noise(x)))
-        mean, std = _normalization_stats(self.config.data.eval_transform)
+        mean, std = transforms_lib.normalization_stats(self.config.data.eval_transform)
         grid = viz.mae_grid(images, out["pred"], out["mask"], self.model.patch_size, mean, std,
                             self.model.norm_pix_loss)
         path = os.path.join(directory, f"mae_reconstruction_{int(step):06d}.png")

