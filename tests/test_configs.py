@@ -17,7 +17,8 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
          ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
-         ("mnist5k/eva_pretrain.py", ""), ("imagenet/eva_pretrain.py", "")]
+         ("mnist5k/eva_pretrain.py", ""), ("imagenet/eva_pretrain.py", ""),
+         ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"), ("imagenet/esvit.py", "tiny")]
 
 
 def load(path, arg):

@@ -71,11 +71,14 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                                             tree, shardings)
 
 
-def load_params(workdir_or_dir: str, step: int | None = None) -> Any:
+def load_params(workdir_or_dir: str, step: int | None = None,
+                path: tuple[str, ...] = ("params",)) -> Any:
     """The parameters of a vit_jax run (for evaluation or fine-tuning), on this process' first device.
 
     `workdir_or_dir` is a run's workdir or its checkpoints/ directory. Works whatever mesh or
-    number of processes wrote the checkpoint, and reads only the parameters.
+    number of processes wrote the checkpoint, and reads only the subtree at `path` of the state
+    (default the trained parameters; ("extra", "teacher", "params") is an EMA teacher's).
+    Raises KeyError when the checkpoint has no such subtree.
     """
     directory = workdir_or_dir
     if os.path.isdir(os.path.join(directory, "checkpoints")):
@@ -91,13 +94,25 @@ def load_params(workdir_or_dir: str, step: int | None = None) -> Any:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     try:
         meta = mngr.item_metadata(step)["state"]
+    except Exception as e:
+        raise CorruptCheckpointError(f"cannot read the metadata of {directory}/{step}: "
+                                     f"{type(e).__name__}: {e}") from e
+    node = meta
+    for key in path:
+        if not hasattr(node, "keys") or key not in node.keys():
+            raise KeyError(f"{directory}/{step} has no {'/'.join(path)} in its state")
+        node = node[key]
+    try:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                         dict(meta)["params"])}
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), node)
+        for key in reversed(path):
+            target = {key: target}
         restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=device), target)
         state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             target, restore_args=restore_args, partial_restore=True)))["state"]
     except Exception as e:
         raise CorruptCheckpointError(f"cannot read the parameters of {directory}/{step}: "
                                      f"{type(e).__name__}: {e}") from e
-    return state["params"]
+    for key in path:
+        state = state[key]
+    return state

@@ -6,6 +6,9 @@ file adds its own section with `config.NAME = ml_collections.ConfigDict(...)`.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections as mlc
 
 
@@ -39,6 +42,8 @@ def base_config() -> mlc.ConfigDict:
             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, clip_norm=1.0,
         layer_decay=1.0,              # < 1: layer-wise lr decay (MAE/BEiT fine-tuning)
         trust_coefficient=0.001,      # LARS only
+        clip_mode="global",           # global | per_param (DINO: each tensor's grad clipped to clip_norm alone)
+        weight_decay_end=-1.0,        # >= 0: cosine from weight_decay to this over the run (DINO); < 0: constant
     ))
     c.ema_decay = 0.0                 # > 0 keeps an EMA of the parameters, evaluated as eval/<split>_ema
     c.dtype = "float32"               # compute dtype: float32 | bfloat16 (parameters stay float32)
@@ -55,6 +60,28 @@ def base_config() -> mlc.ConfigDict:
     c.tensorboard = True
     c.progress = True                 # print a progress line at each log step
     return c
+
+
+def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
+    """Sets c.init_from = workdir and c.model_name / c.model to the backbone that run trained
+    (from its config.json), so an evaluation config fits any pre-training run (ViT, Swin, CvT).
+    A workdir without config.json is left to validation (init_from must exist)."""
+    c.init_from = workdir
+    path = os.path.join(workdir, "config.json")
+    if workdir and os.path.isfile(path):
+        with open(path) as f:
+            run = json.load(f)
+        c.model_name = run["model_name"]
+        c.model = mlc.ConfigDict({k: v for k, v in run.get("model", {}).items()
+                                  if k not in ("num_classes", "drop_path_rate", "dropout")})
+    return c
+
+
+def total_steps(config: mlc.ConfigDict, num_train: int) -> int:
+    """Training steps of a run: config.total_steps, or num_epochs over `num_train` examples."""
+    if config.total_steps >= 0:
+        return int(config.total_steps)
+    return max(1, int(round(config.num_epochs * num_train / config.batch_size)))
 
 
 # The small-data recipes (configs/mnist5k/*) share one backbone so that pre-training,

@@ -58,8 +58,57 @@ def constant(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: fl
     return _warmup_then(lambda step: jnp.full_like(step, base_lr), base_lr, warmup_steps, start_lr)
 
 
+def cosine_decay_value(start: float, end: float, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """Cosine from `start` at step 0 towards `end` at `total_steps`, no warmup (DINO's wd schedule).
+
+    wd(t) = end + 0.5 * (start - end) * (1 + cos(pi * t / T)), with t clipped to [0, T]. DINO
+    evaluates it at t = 0..T-1, so the last training step sits just short of `end`, as here.
+    """
+    # Same closed form as the lr cosine with no warmup; reused so the two cannot drift apart.
+    return warmup_cosine(start, total_steps, warmup_steps=0, end_lr=end)
+
+
+# DINO's epsilon in clip_coef = clip / (norm + 1e-6); kept as is so the numbers match its runs.
+PER_PARAM_CLIP_EPS = 1e-6
+
+
+def clip_by_param_norm(max_norm: float, stacked: Any | None = None) -> optax.GradientTransformation:
+    """Clips each parameter tensor on its own to L2 norm `max_norm` (DINO's `clip_gradients`).
+
+    For each tensor g: coef = max_norm / (||g||_2 + 1e-6); g is multiplied by coef only where
+    coef < 1, so tensors under the threshold pass through bit for bit. optax has no exact
+    equivalent: `clip_by_block_rms` bounds the RMS (norm / sqrt(size)) and has no epsilon.
+
+    `stacked`: None, or a tree like the updates of bools; True marks a leaf whose leading axis
+    stacks one tensor per layer (nn.scan's "blocks"), each slice then clipped on its own, as
+    DINO's unscanned torch model would clip each layer's tensor.
+    """
+    def one(g: jax.Array, per_slice: bool = False) -> jax.Array:
+        # The norm in float32 at least: a bfloat16 sum of squares loses the small leaves.
+        sq = jnp.square(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
+        axes = tuple(range(1, g.ndim)) if per_slice and g.ndim >= 1 else None
+        norm = jnp.sqrt(jnp.sum(sq, axis=axes, keepdims=axes is not None))
+        coef = max_norm / (norm + PER_PARAM_CLIP_EPS)
+        return jnp.where(coef < 1.0, g * coef.astype(g.dtype), g)
+
+    def update(updates, state, params=None):
+        del params
+        if stacked is None:
+            return jax.tree.map(one, updates), state
+        return jax.tree.map(lambda g, s: one(g, bool(s)), updates, stacked), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def scanned_mask(params: Any) -> Any:
+    """True for leaves under a "blocks" subtree (ViT with scan=True: leading depth axis), at any
+    depth of the tree so a backbone nested inside a method's params (student/backbone) counts."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "blocks" in path_str(path).split("/")[:-1], params)
+
+
 OPTIMIZERS = ("adamw", "sgd", "lars")
 SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant}
+CLIP_MODES = ("global", "per_param")
 
 
 def path_str(path) -> str:
@@ -115,23 +164,40 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def make_weight_decay(cfg, total_steps: int) -> float | Callable[[jax.Array], jax.Array]:
+    """`optim.weight_decay`, or a cosine to `optim.weight_decay_end` over the run when that is >= 0.
+
+    A plain float stays a float when the schedule is off so the optimizer state keeps its old
+    structure (no extra step counter) and existing checkpoints still restore.
+    """
+    o = cfg.optim
+    if o.weight_decay_end < 0:
+        return o.weight_decay
+    return cosine_decay_value(o.weight_decay, o.weight_decay_end, total_steps)
+
+
 def make_optimizer(cfg, params: Any, total_steps: int,
                    lr_multipliers: Any | None = None) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW, SGD or LARS with the schedule, a decay mask, global-norm clipping and optional
-    per-leaf lr factors (applied to the whole update, weight decay included, as MAE's param
-    groups do). Returns the transformation and the schedule (to log the lr).
+    """AdamW, SGD or LARS with the schedule, a decay mask (constant or cosine weight decay),
+    global-norm or per-parameter clipping and optional per-leaf lr factors (applied to the whole
+    update, weight decay included, as MAE's param groups do). Returns the transformation and the
+    schedule (to log the lr).
     """
     o = cfg.optim
     schedule = make_schedule(cfg, total_steps)
+    wd = make_weight_decay(cfg, total_steps)
     mask = decay_mask(params)
-    if o.name == "adamw":
-        opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
+    # Every weight-decay schedule below counts its own updates from 0, in step with the lr
+    # schedule's counter, so wd(t) and lr(t) refer to the same step t.
+    if o.name == "adamw":  # decoupled: p -= lr(t) * wd(t) * p, as torch AdamW (DINO) does
+        opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
     elif o.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
+        opt = optax.chain(optax.add_decayed_weights(wd, mask=mask),
                           optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
     elif o.name == "lars":  # MAE's linear probe: trust ratio on kernels only, momentum b1
+        # optax.lars feeds weight_decay to add_decayed_weights, which accepts a schedule.
         kernels = jax.tree.map(lambda x: len(x.shape) > 1, params)
-        opt = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=mask,
+        opt = optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask,
                          trust_coefficient=o.trust_coefficient, trust_ratio_mask=kernels,
                          momentum=o.b1)
     else:  # validated earlier; kept for library callers
@@ -139,7 +205,13 @@ def make_optimizer(cfg, params: Any, total_steps: int,
     if lr_multipliers is not None:
         opt = optax.chain(opt, scale_by_tree(lr_multipliers))
     if o.clip_norm and o.clip_norm > 0:
-        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+        if o.clip_mode == "global":
+            clip = optax.clip_by_global_norm(o.clip_norm)
+        elif o.clip_mode == "per_param":
+            clip = clip_by_param_norm(o.clip_norm, stacked=scanned_mask(params))
+        else:  # validated earlier; kept for library callers
+            raise ValueError(f"optim.clip_mode={o.clip_mode!r}: use one of {CLIP_MODES}")
+        opt = optax.chain(clip, opt)
     return opt, schedule
 
 

@@ -243,9 +243,8 @@ def dinov2_vits14_folder() -> Path:
 def _from_workdir(spec: str, path: str) -> Teacher:
     import ml_collections as mlc
 
-    from vit_jax import checkpoint
     from vit_jax import validate as validate_lib
-    from vit_jax.evaluate.backbone import backbone_of
+    from vit_jax.evaluate.backbone import backbone_of, run_params
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise TeacherError(f"teacher {spec!r}: {path} is not a vit_jax workdir (no config.json).")
@@ -256,7 +255,7 @@ def _from_workdir(spec: str, path: str) -> Teacher:
     if not isinstance(module, ViT):
         raise TeacherError(f"teacher {spec!r} is a {type(module).__name__}; only ViT-family teachers "
                            "have one token per patch to regress.")
-    params = backbone_of(jax.device_get(checkpoint.load_params(path)))
+    params = backbone_of(run_params(path)[0])
     mean, std = transforms_lib.normalization_stats(config.data.train_transform)
     return Teacher(spec, module, {"params": params}, mean, std, project=False)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vit_jax import objectives, optim
+from vit_jax import config_base, objectives, optim
 from vit_jax.data import sources, transforms
 from vit_jax.data.info import DataInfo
 
@@ -77,6 +77,13 @@ def _check_numbers(c) -> None:
         _fail("optim.warmup_steps, weight_decay, clip_norm and end_lr must be >= 0")
     if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
         _fail(f"optim.b1={o.b1} and optim.b2={o.b2} must be in [0, 1)")
+    if o.clip_mode not in optim.CLIP_MODES:
+        _fail(f"optim.clip_mode={o.clip_mode!r}: use 'global' (one norm over all gradients) or "
+              "'per_param' (each tensor clipped on its own, as DINO); optim.clip_norm is the threshold")
+    # NaN fails both tests; -inf is just another "off" value.
+    if not (o.weight_decay_end < 0 or np.isfinite(o.weight_decay_end)):
+        _fail(f"optim.weight_decay_end={o.weight_decay_end} must be a finite number >= 0 (cosine from "
+              "optim.weight_decay to it over the run) or < 0 (constant weight_decay, e.g. -1)")
 
 
 def _check_mesh(c) -> None:
@@ -131,11 +138,8 @@ def validate(c) -> Plan:
     eval_tf = _transform(c.data.eval_transform, "eval_transform", {}) if eval_src is not None else None
     try:
         example = train_tf(dict(train_src[0]), np.random.default_rng(0))
-        if eval_tf is not None:
-            ev = eval_tf(dict(eval_src[0]), np.random.default_rng(0))
-            if np.shape(ev["image"]) != np.shape(example["image"]):
-                _fail(f"data.eval_transform gives images of shape {np.shape(ev['image'])} but "
-                            f"data.train_transform gives {np.shape(example['image'])}; make their sizes agree")
+        eval_shape = np.shape(eval_tf(dict(eval_src[0]), np.random.default_rng(0))["image"]) \
+            if eval_tf is not None else None
     except ConfigError:
         raise
     except Exception as e:
@@ -145,7 +149,7 @@ def validate(c) -> Plan:
         _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
                     f"{example['image'].dtype} {example['image'].shape}")
 
-    total = c.total_steps if c.total_steps >= 0 else max(1, int(round(c.num_epochs * len(train_src) / c.batch_size)))
+    total = config_base.total_steps(c, len(train_src))
     if total and c.optim.warmup_steps > total:
         _fail(f"optim.warmup_steps={c.optim.warmup_steps} exceeds the {total} training steps")
     info = DataInfo(num_classes=int(getattr(train_src, "num_classes", 0) or 0),
@@ -156,6 +160,10 @@ def validate(c) -> Plan:
         # The method's own per-example host step (e.g. EVA's patch masks) follows the data transform.
         train_tf = _with_method(train_tf, objective)
         example = {k: np.asarray(v) for k, v in train_tf(dict(train_src[0]), np.random.default_rng(0)).items()}
+        # (a method that makes its own views from the image, e.g. multi-crop, drops "image")
+        if eval_shape is not None and "image" in example and eval_shape != example["image"].shape:
+            _fail(f"data.eval_transform gives images of shape {eval_shape} but data.train_transform "
+                  f"gives {example['image'].shape}; make their sizes agree")
         # Abstract trace of init and loss: catches shape errors (patch size, channels) without compiling.
         ex = {k: jax.ShapeDtypeStruct((2,) + v.shape, v.dtype) for k, v in example.items()}
         rng = jax.ShapeDtypeStruct((2,), np.uint32)

@@ -1,4 +1,4 @@
-"""Pictures: MAE reconstructions (more kinds to come: attention maps, correspondences, curves).
+"""Pictures: MAE reconstructions, EsViT region correspondences (more to come: attention maps, curves).
 
 Host-side numpy only (no jax): callers pass arrays they fetched with jax.device_get.
 """
@@ -106,3 +106,73 @@ def save_png(array: np.ndarray, path: str) -> str:
         os.makedirs(folder, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def top_matches(tokens_a: np.ndarray, tokens_b: np.ndarray, top: int = 10) -> list[tuple[int, int, float]]:
+    """The `top` most similar (i in a, j in b, cosine) pairs, each token of a matched to its most
+    similar token of b (EsViT's region matching), best first. tokens: (T, D)."""
+    a = tokens_a / np.maximum(np.linalg.norm(tokens_a, axis=-1, keepdims=True), 1e-12)
+    b = tokens_b / np.maximum(np.linalg.norm(tokens_b, axis=-1, keepdims=True), 1e-12)
+    sim = a @ b.T
+    best = sim.argmax(axis=1)
+    score = sim[np.arange(len(a)), best]
+    order = np.argsort(-score, kind="stable")[:top]
+    return [(int(i), int(best[i]), float(score[i])) for i in order]
+
+
+def _grid_of(n: int, h: int, w: int) -> tuple[int, int]:
+    """Token grid (gh, gw) of n tokens over an h x w image (square tokens)."""
+    for gh in range(1, n + 1):
+        if n % gh == 0 and abs(gh / (n // gh) - h / w) < 1e-6:
+            return gh, n // gh
+    raise ValueError(f"{n} tokens do not tile a {h}x{w} image.")
+
+
+def correspondence_picture(view_a: np.ndarray, view_b: np.ndarray, tokens_a: np.ndarray,
+                           tokens_b: np.ndarray, mean: Sequence[float] | float = 0.0,
+                           std: Sequence[float] | float = 1.0, top: int = 10,
+                           scale: int | None = None) -> np.ndarray:
+    """EsViT's correspondence figure: two views side by side, the `top` best-matched regions
+    (token i of a -> its most similar token of b) joined by lines, brightest = most similar.
+
+    view_a, view_b: (H, W, C) normalised images; tokens_a (Ta, D), tokens_b (Tb, D) their final
+    tokens in row-major grid order. Returns uint8 (H*s, 2*W*s + gap, 3).
+    """
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for view in (view_a, view_b):
+        v = _to_display(np.asarray(view, np.float32)[None], mean, std)[0]
+        if v.shape[-1] == 1:
+            v = np.repeat(v, 3, axis=-1)
+        panels.append(v)
+    h, w = panels[0].shape[:2]
+    if scale is None:
+        scale = max(1, math.ceil(4 * MIN_SIDE / h))
+    gap = 8 * scale
+    canvas = np.ones((h * scale, 2 * w * scale + gap, 3), np.float32)
+    for k, v in enumerate(panels):
+        up = np.repeat(np.repeat(v, scale, axis=0), scale, axis=1)
+        x0 = k * (w * scale + gap)
+        canvas[:, x0:x0 + w * scale] = up
+    image = Image.fromarray(np.round(canvas * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    grids = [_grid_of(len(t), h, w) for t in (tokens_a, tokens_b)]
+    pairs = top_matches(np.asarray(tokens_a, np.float32), np.asarray(tokens_b, np.float32), top)
+    colours = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+    def centre(k: int, idx: int) -> tuple[float, float]:
+        gh, gw = grids[k]
+        r, c = divmod(idx, gw)
+        x0 = k * (w * scale + gap)
+        return x0 + (c + 0.5) * w * scale / gw, (r + 0.5) * h * scale / gh
+
+    for n, (i, j, _) in enumerate(pairs):
+        (xa, ya), (xb, yb) = centre(0, i), centre(1, j)
+        colour = colours[n % len(colours)]
+        draw.line([(xa, ya), (xb, yb)], fill=colour, width=max(1, scale // 2))
+        for x, y in ((xa, ya), (xb, yb)):
+            rad = max(2, scale)
+            draw.ellipse([x - rad, y - rad, x + rad, y + rad], outline=colour, width=max(1, scale // 3))
+    return np.asarray(image, np.uint8)

@@ -8,13 +8,13 @@ MAE's absolute lr 6.4 (0.1 * 16384 / 256): LARS scales each step by trust * |w| 
 linear batch-scaling rule does not carry over to a batch of 128 (lr 0.2 barely moved the head:
 33.5% after 10 epochs). Results: README's small-data table.
 """
-from vit_jax.config_base import mnist5k_config
+from vit_jax.config_base import backbone_of_run, mnist5k_config
 
 
 def get_config(arg: str = ""):
     c = mnist5k_config()
     c.objective = "linear_probe"
-    c.init_from = arg
+    backbone_of_run(c, arg)  # the run's own backbone (ViT, Swin, CvT) and its weights
     c.data.train_transform = "pad_crop(28, 2)|normalize('mnist')"
     c.num_epochs = 20
     c.optim.name = "lars"

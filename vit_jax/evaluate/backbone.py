@@ -1,7 +1,8 @@
 """Loading the backbone of a finished run into a new model (config.init_from).
 
-The source may be any vit_jax run: a supervised ViT (its params are the backbone), an MAE run
-(params["encoder"]), or a probe run (params["backbone"]). Leaves are matched by path and shape;
+The source may be any vit_jax run: a supervised ViT (its params are the backbone), an MAE or EVA
+run (params["encoder"]), a probe run (params["backbone"]), or a DINO / EsViT run (the backbone
+of its EMA teacher, extra["ema_teacher"]["params"]["backbone"]). Leaves are matched by path and shape;
 the head and fc_norm of the new model keep their fresh init; a learned position embedding
 that the source did not have (MAE's fixed sincos) starts from the sincos values, and one of
 another grid size is resized.
@@ -104,12 +105,26 @@ def _is_square(n: int) -> bool:
     return n > 0 and int(round(n ** 0.5)) ** 2 == n
 
 
+# Where self-distillation runs (DINO, EsViT) keep the EMA teacher, the network they evaluate.
+EMA_TEACHER = ("extra", "ema_teacher", "params")
+
+
+def run_params(init_from: str) -> tuple[Any, str]:
+    """The parameters a downstream task should start from, and which they are: a run's EMA
+    teacher when it has one (DINO and EsViT report the teacher), else its trained params."""
+    try:
+        return jax.device_get(checkpoint.load_params(init_from, path=EMA_TEACHER)), "EMA teacher"
+    except KeyError:
+        return jax.device_get(checkpoint.load_params(init_from)), "params"
+
+
 def load_backbone(init_from: str, target: Any, log: bool = True) -> Any:
     """The backbone of the run in `init_from` merged into `target` (a backbone params tree)."""
-    source = backbone_of(jax.device_get(checkpoint.load_params(init_from)))
+    params, which = run_params(init_from)
+    source = backbone_of(params)
     merged, report = merge(jax.device_get(target), source)
     if log and jax.process_index() == 0:
-        print(f"init_from {init_from}: loaded {len(report['loaded'])} arrays; fresh: "
+        print(f"init_from {init_from} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
               f"{', '.join(report['fresh']) or 'none'}; unused: {', '.join(report['unused']) or 'none'}",
               flush=True)
     return merged

@@ -93,7 +93,22 @@ _REGISTRY: dict[str, str] = {
     "linear_probe": "vit_jax.evaluate.linear_probe:LinearProbe",
     "knn": "vit_jax.evaluate.knn:KNN",
     "eva": "vit_jax.objectives.eva:EVAObjective",
+    "esvit": "vit_jax.objectives.esvit:EsViT",
 }
+
+
+def config_section(config, key: str, defaults):
+    """`config.<key>` laid over `defaults` (a ConfigDict): a config without the section gets the
+    defaults; a key the method does not know is an error naming the valid ones."""
+    section = defaults
+    given = config.get(key)
+    if given is not None:
+        unknown = sorted(set(given.keys()) - set(section.keys()))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config.{key}; valid: {sorted(section.keys())}.")
+        for k in given.keys():
+            section[k] = given[k]
+    return section
 
 
 def register(name: str, target: str | Callable[..., Objective]) -> None:

@@ -22,7 +22,7 @@ from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, eva_init, masked_cosine_loss,
                                 per_example_masked_cosine_loss)
 from vit_jax.models.vit import ViT
-from vit_jax.objectives import Batch, Extra, Objective, Params, register
+from vit_jax.objectives import Batch, Extra, Objective, Params, config_section, register
 
 Array = jax.Array
 
@@ -42,25 +42,13 @@ def default_config() -> mlc.ConfigDict:
     ))
 
 
-def _eva_section(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    section = default_config()
-    given = config.get("eva")
-    if given is not None:
-        unknown = sorted(set(given.keys()) - set(section.keys()))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config.eva; valid: {sorted(section.keys())}.")
-        for k in given.keys():
-            section[k] = given[k]
-    return section
-
-
 class EVAObjective(Objective):
     """EVA: params = {"encoder": ViT backbone, "mask_token", "head"}; extra = {"teacher": params}."""
     name = "eva"
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
-        self.eva_config = e = _eva_section(config)
+        self.eva_config = e = config_section(config, "eva", default_config())
         if e.teacher_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"eva.teacher_dtype={e.teacher_dtype!r}: use 'float32' or 'bfloat16'.")
         if e.mask not in masking.MASKERS:

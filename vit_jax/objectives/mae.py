@@ -18,7 +18,7 @@ from vit_jax.data.info import DataInfo
 from vit_jax.models.mae import (MAE, check_mask_ratio, mae_qkv_init, patchify,
                                 per_example_masked_loss)
 from vit_jax.models.vit import ViT
-from vit_jax.objectives import Batch, Extra, Objective, Params, register
+from vit_jax.objectives import Batch, Extra, Objective, Params, config_section, register
 
 Array = jax.Array
 
@@ -39,18 +39,6 @@ def default_config() -> mlc.ConfigDict:
 
 # Encoder settings that MAE fixes; a config asking for anything else is an error.
 _FIXED_ENCODER = dict(num_classes=0, posemb="sincos2d", class_token=True, pool="token")
-
-
-def _mae_section(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    section = default_config()
-    given = config.get("mae")  # a config without a mae section gets MAE's defaults
-    if given is not None:
-        unknown = sorted(set(given.keys()) - set(section.keys()))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config.mae; valid: {sorted(section.keys())}.")
-        for k in given.keys():
-            section[k] = given[k]
-    return section
 
 
 def encoder_kwargs(config: mlc.ConfigDict, info: DataInfo) -> dict:
@@ -74,7 +62,7 @@ class MAEObjective(Objective):
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
-        self.mae_config = _mae_section(config)
+        self.mae_config = config_section(config, "mae", default_config())
         m = self.mae_config
         self.backbone: ViT = models.create(config.model_name, **encoder_kwargs(config, info))
         if not isinstance(self.backbone, ViT):

@@ -1,0 +1,61 @@
+"""EsViT / DINO self-distillation on mnist5k (4,000 train digits), the small-data recipe.
+
+    python -m vit_jax.main --config configs/mnist5k/esvit.py:vr,vit --workdir workdirs/mnist5k_esvit_vr_vit
+    python -m vit_jax.main --config configs/mnist5k/esvit.py:v,vit --workdir workdirs/mnist5k_esvit_v_vit
+
+ARG = LOSS,BACKBONE: LOSS "vr" (view + region, EsViT) or "v" (view only, i.e. DINO); BACKBONE
+"vit" (the shared small-data ViT, 4x4 patches, the network of the MAE and EVA rows) or "swin"
+(EsViT's choice: the mnist5k Swin, 2x2 patches, window 7, embed 48, depths 2-2). Crops: 2 x 28 px
+at scale (0.4, 1) + 6 x 12 px at (0.05, 0.4) with DINO's jitter / blur / solarisation (no flips:
+digits are not mirror-symmetric). Heads: 1024 prototypes (hidden 512, bottleneck 128; 65,536 are
+for ImageNet). 20 epochs (625 steps), AdamW lr 1e-3 (batch 128) with 2 warm-up epochs, weight
+decay cosine 0.04 -> 0.4, per-parameter clipping 3.0, last layers frozen in epoch 0. Teacher:
+temperature 0.02 and EMA 0.99 -> 1, not the papers' 0.04 -> 0.07 and 0.996: at this budget the
+papers' teacher stays uniform (view loss ln(1024) throughout, measured; README). k-NN of the
+teacher at every evaluation. Then, on the EMA teacher's backbone:
+    python -m vit_jax.main --config configs/mnist5k/linear_probe.py:workdirs/mnist5k_esvit_vr_vit --workdir workdirs/mnist5k_esvit_vr_vit_probe
+    python -m vit_jax.main --config configs/mnist5k/knn.py:workdirs/mnist5k_esvit_vr_vit --workdir workdirs/mnist5k_esvit_vr_vit_knn
+Measured (H100, README's small-data table): DINO probe 47.1, k-NN 47.8 / 49.4; EsViT probe 42.4,
+k-NN 43.2 / 42.4; random init 49.3 and 46.2 / 46.3.
+"""
+import ml_collections as mlc
+
+from vit_jax.config_base import MNIST5K_MODEL, mnist5k_config
+from vit_jax.objectives import esvit
+
+BACKBONES = {
+    "swin": ("swin_tiny_patch4_window7_224", dict(patch_size=2, embed_dim=48, depths=(2, 2),
+                                                  num_heads=(3, 6), window_size=7, image_size=28,
+                                                  drop_path_rate=0.1)),
+    "vit": ("vit_tiny_patch4_28", dict(MNIST5K_MODEL, drop_path_rate=0.1)),
+}
+
+
+def get_config(arg: str = "vr,vit"):
+    loss, backbone = (arg or "vr,vit").split(",")
+    if loss not in ("v", "vr") or backbone not in BACKBONES:
+        raise ValueError(f"ARG {arg!r}: use LOSS,BACKBONE with LOSS in v|vr and BACKBONE in {list(BACKBONES)}.")
+    c = mnist5k_config()
+    c.objective = "esvit"
+    c.model_name, model = BACKBONES[backbone]
+    c.model = mlc.ConfigDict(model)
+    c.data.train_transform = "normalize('none')"   # the crops are made and normalised by the objective
+    c.esvit = esvit.default_config()
+    c.esvit.update(dict(region=loss == "vr", out_dim=1024, hidden_dim=512, bottleneck_dim=128,
+                        global_size=28, local_size=12, num_local=6, global_scale=(0.4, 1.0),
+                        local_scale=(0.05, 0.4), flip=False, pixel_stats="mnist",
+                        # a 625-step budget: see the docstring for why not 0.04 -> 0.07 and 0.996
+                        warmup_teacher_temp=0.02, teacher_temp=0.02, warmup_teacher_temp_epochs=0,
+                        momentum_teacher=0.99, freeze_last_layer_epochs=1, knn_k=(10, 20)))
+    c.num_epochs = 20
+    c.optim.lr = 1e-3
+    c.optim.b2 = 0.999
+    c.optim.warmup_steps = 63
+    c.optim.weight_decay = 0.04
+    c.optim.weight_decay_end = 0.4
+    c.optim.clip_norm = 3.0
+    c.optim.clip_mode = "per_param"
+    c.log_every = 50
+    c.eval_every = 313
+    c.checkpoint_every = 313
+    return c

@@ -1,0 +1,133 @@
+"""DINO / EsViT losses and schedules against an independent NumPy implementation written from the
+papers' formulas (loops over crop pairs, tokens and batch rows, no vectorised tricks)."""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.objectives import dino_losses as L
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _log_softmax(x):
+    m = x.max()
+    return x - m - math.log(np.exp(x - m).sum())
+
+
+def numpy_esvit(s_view, t_view, center, tau_s, tau_t, s_region=None, s_feat=None, t_region=None,
+                t_feat=None, center_grid=None):
+    """Paper / official-code semantics, one scalar at a time."""
+    n_crops, batch = s_view.shape[0], s_view.shape[1]
+    total, pairs = 0.0, 0
+    for iq in range(2):
+        for v in range(n_crops):
+            if v == iq:
+                continue
+            view = 0.0
+            for b in range(batch):
+                p = _softmax((t_view[iq, b] - center[0]) / tau_t)
+                view += -(p * _log_softmax(s_view[v, b] / tau_s)).sum()
+            view /= batch
+            if s_region is None:
+                total += view
+            else:
+                region = 0.0
+                for b in range(batch):
+                    ts = s_feat[v][b].shape[0]
+                    acc = 0.0
+                    for i in range(ts):
+                        zs = s_feat[v][b, i] / np.linalg.norm(s_feat[v][b, i])
+                        sims = [zs @ (t_feat[iq, b, j] / np.linalg.norm(t_feat[iq, b, j]))
+                                for j in range(t_feat.shape[2])]
+                        j = int(np.argmax(sims))
+                        p = _softmax((t_region[iq, b, j] - center_grid[0]) / tau_t)
+                        acc += -(p * _log_softmax(s_region[v][b, i] / tau_s)).sum()
+                    region += acc / ts
+                region /= batch
+                total += 0.5 * view + 0.5 * region
+            pairs += 1
+    return total / pairs
+
+
+@pytest.fixture(scope="module")
+def crops():
+    rng = np.random.default_rng(0)
+    b, k, p = 3, 11, 5
+    n_local, t_global, t_local = 3, 9, 4
+    s_view = rng.normal(size=(2 + n_local, b, k)) * 2
+    t_view = rng.normal(size=(2, b, k)) * 2
+    center = rng.normal(size=(1, k)) * 0.3
+    tokens = [t_global] * 2 + [t_local] * n_local
+    s_region = [rng.normal(size=(b, t, k)) * 2 for t in tokens]
+    s_feat = [rng.normal(size=(b, t, p)) for t in tokens]
+    t_region = rng.normal(size=(2, b, t_global, k)) * 2
+    t_feat = rng.normal(size=(2, b, t_global, p))
+    center_grid = rng.normal(size=(1, k)) * 0.3
+    return s_view, t_view, center, s_region, s_feat, t_region, t_feat, center_grid
+
+
+def test_view_loss_equals_numpy(crops):
+    s_view, t_view, center = crops[:3]
+    want = numpy_esvit(s_view, t_view, center, 0.1, 0.04)
+    got, parts = L.esvit_loss(jnp.asarray(s_view, jnp.float32), jnp.asarray(t_view, jnp.float32),
+                              jnp.asarray(center, jnp.float32), 0.1, 0.04)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(parts["view"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_view_plus_region_loss_equals_numpy(crops):
+    s_view, t_view, center, s_region, s_feat, t_region, t_feat, center_grid = crops
+    want = numpy_esvit(s_view, t_view, center, 0.1, 0.07, s_region, s_feat, t_region, t_feat, center_grid)
+    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    got, parts = L.esvit_loss(f(s_view), f(t_view), f(center), 0.1, 0.07, [f(x) for x in s_region],
+                              [f(x) for x in s_feat], f(t_region), f(t_feat), f(center_grid))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(got) == pytest.approx(0.5 * float(parts["view"]) + 0.5 * float(parts["region"]), rel=1e-5)
+    # the region term matters: shuffling teacher tokens changes the matches and the loss
+    shuffled = f(t_region[:, :, ::-1])
+    other, _ = L.esvit_loss(f(s_view), f(t_view), f(center), 0.1, 0.07, [f(x) for x in s_region],
+                            [f(x) for x in s_feat], shuffled, f(t_feat), f(center_grid))
+    assert abs(float(other) - float(got)) > 1e-3
+
+
+def test_uniform_predictions_give_log_k():
+    k = 512
+    zeros = jnp.zeros((4, 2, k))
+    loss, _ = L.esvit_loss(zeros, jnp.zeros((2, 2, k)), jnp.zeros((1, k)), 0.1, 0.04)
+    assert float(loss) == pytest.approx(math.log(k), rel=1e-6)
+
+
+def test_schedules_closed_forms():
+    spe = 10.0   # steps per epoch
+    # teacher temperature: numpy.linspace over the warm-up epochs, then constant
+    want = np.concatenate([np.linspace(0.04, 0.07, 30), np.full(70, 0.07)])
+    for epoch in (0, 1, 15, 29, 30, 99):
+        for offset in (0, 9):
+            got = float(L.teacher_temperature(epoch * spe + offset, spe, 0.04, 0.07, 30))
+            assert got == pytest.approx(want[epoch], rel=1e-6)
+    assert float(L.teacher_temperature(5, spe, 0.04, 0.07, 0)) == pytest.approx(0.07)
+    # EMA momentum: 1 - (1 - m0) (cos(pi t / T) + 1) / 2
+    total = 1000
+    for t in (0, 1, 250, 500, 999, 1000):
+        want_m = 1 - (1 - 0.996) * (math.cos(math.pi * t / total) + 1) / 2
+        assert float(L.ema_momentum(t, total, 0.996)) == pytest.approx(want_m, abs=1e-7)
+    teacher = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+    student = {"w": jnp.full(3, 3.0), "b": jnp.ones(2)}
+    out = L.ema(teacher, student, jnp.float32(0.9))
+    np.testing.assert_allclose(out["w"], 0.9 + 0.1 * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(out["b"], 0.1, rtol=1e-6)
+
+
+def test_center_update_is_the_batch_mean_ema():
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(1, 6)).astype(np.float32)
+    t = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    want = 0.9 * c + 0.1 * t.reshape(-1, 6).mean(0, keepdims=True)
+    np.testing.assert_allclose(L.update_center(jnp.asarray(c), jnp.asarray(t), 0.9), want, rtol=1e-5, atol=1e-6)

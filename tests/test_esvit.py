@@ -1,0 +1,181 @@
+"""EsViT / DINO objective: loss at init, sharded centers, EMA teacher, frozen last layer, the loop,
+k-NN of the teacher, the correspondence picture, and the backbones that feed the region loss."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_sharding import run_steps
+from tests.tiny_config import get_config
+from vit_jax import checkpoint, sharding, train
+from vit_jax.data.pipeline import TrainPipeline
+from vit_jax.evaluate.backbone import EMA_TEACHER, run_params
+from vit_jax.objectives import esvit
+from vit_jax.validate import ConfigError, validate
+
+OUT_DIM = 64
+BOTTLENECK = 256
+
+
+def init_loss_range(out_dim: int, bottleneck: int, tau_s: float = 0.1, tau_t: float = 0.04):
+    """Where a fresh DINO head's loss lies. Its logits are cosines between a unit bottleneck vector
+    and unit prototypes, spread ~ 1/sqrt(bottleneck); with logit spreads s_s, s_t (after the
+    temperatures) CE = ln K + s_s^2 / 2 - rho s_s s_t with the teacher/student correlation rho
+    in [0, 1]: between ln K - s_s s_t + s_s^2 / 2 and ln K + s_s^2 / 2."""
+    spread = 1.0 / math.sqrt(bottleneck)
+    s_s, s_t = spread / tau_s, spread / tau_t
+    return math.log(out_dim) - s_s * s_t, math.log(out_dim) + s_s ** 2 / 2 + 0.05
+
+
+def esvit_config(region: bool = True, **esvit_kw):
+    c = get_config()
+    c.objective = "esvit"
+    c.data.train_transform = "normalize('none')"
+    c.esvit = esvit.default_config()
+    c.esvit.update(dict(region=region, out_dim=OUT_DIM, hidden_dim=32, bottleneck_dim=BOTTLENECK,
+                        global_size=8, local_size=4, num_local=2, flip=False, pixel_stats="none",
+                        warmup_teacher_temp_epochs=2, knn_k=(5,)))
+    c.esvit.update(esvit_kw)
+    c.total_steps = 12
+    return c
+
+
+def batches(cfg, n: int, start: int = 0):
+    plan = validate(cfg)
+    pipe = TrainPipeline(plan.train_source, plan.train_transform, cfg.batch_size, cfg.seed, workers=1)
+    out = [pipe.batch_at(start + i) for i in range(n)]
+    pipe.close()
+    return plan, out
+
+
+def fresh(cfg):
+    """(plan, objective, one batch on device, params, extra) of a new run of `cfg`."""
+    plan, (batch,) = batches(cfg, 1)
+    obj = plan.objective
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    params, extra = jax.jit(obj.init)(jax.random.key(0), {k: v[:1] for k, v in b.items()})
+    return plan, obj, b, params, extra
+
+
+def test_crops_in_the_batch_and_loss_at_init_is_log_k():
+    plan, obj, b, params, extra = fresh(esvit_config())
+    assert b["global_crops"].shape == (16, 2, 8, 8, 1)
+    assert b["local_crops"].shape == (16, 2, 4, 4, 1)
+    assert "image" not in b
+    loss, (metrics, new_extra) = jax.jit(obj.loss)(params, extra, b, jax.random.key(1), jnp.int32(0))
+    low, high = init_loss_range(OUT_DIM, BOTTLENECK)
+    assert low < float(loss) < high, (low, float(loss), high)
+    assert set(metrics) >= {"loss", "view_loss", "region_loss", "teacher_temp"}
+    assert float(metrics["teacher_temp"]) == pytest.approx(0.04)
+    # the centers moved towards the teacher's outputs; the teacher itself did not
+    assert np.abs(np.asarray(new_extra["center"])).sum() > 0
+    for a, c in zip(jax.tree.leaves(new_extra["ema_teacher"]["params"]), jax.tree.leaves(extra["ema_teacher"]["params"])):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_full_size_dino_head_starts_near_log_65536():
+    """DINO's head (2048 hidden, 256 bottleneck, 65,536 prototypes) on random features of 2 global
+    + 4 local crops: the loss starts at about ln(65536) = 11.09."""
+    from vit_jax.models.dino_head import DINOHead
+    from vit_jax.objectives import dino_losses
+    head = DINOHead()
+    feats = jax.random.normal(jax.random.key(0), (6, 4, 96))
+    feats = feats + 2.0 * jax.random.normal(jax.random.key(1), (1, 4, 96))  # crops of one image agree
+    params = head.init(jax.random.key(2), feats[0])["params"]
+    logits = jax.jit(lambda p, x: head.apply({"params": p}, x))(params, feats)
+    assert logits.shape == (6, 4, 65536)
+    loss, _ = dino_losses.esvit_loss(logits, logits[:2], jnp.zeros((1, 65536)), 0.1, 0.04)
+    low, high = init_loss_range(65536, 256)
+    assert low < float(loss) < high and abs(float(loss) - math.log(65536)) < 1.0, float(loss)
+
+
+def test_gradients_last_layer_frozen_first_epoch_and_teacher_is_ema():
+    cfg = esvit_config(freeze_last_layer_epochs=1)
+    plan, obj, b, params, extra = fresh(cfg)
+    grad = jax.jit(jax.grad(lambda p, s: obj.loss(p, extra, b, jax.random.key(1), s)[0]))
+    g0 = grad(params, jnp.int32(0))
+    steps_per_epoch = math.ceil(len(plan.train_source) / cfg.batch_size)
+    g1 = grad(params, jnp.int32(steps_per_epoch + 1))
+    for head in ("head", "region_head"):
+        assert not np.asarray(g0[head]["last_layer"]["v"]).any()
+        assert np.asarray(g1[head]["last_layer"]["v"]).any()
+        assert np.asarray(g0[head]["mlp_0"]["kernel"]).any()
+    # the teacher gets no gradient from the loss
+    g_extra = jax.grad(lambda e: obj.loss(params, e, b, jax.random.key(1), jnp.int32(50))[0])(extra)
+    assert not any(np.asarray(x).any() for x in jax.tree.leaves(g_extra["ema_teacher"]["params"]))
+    # after_update: teacher = m teacher + (1 - m) student with the cosine momentum
+    moved = jax.tree.map(lambda x: x + 1.0, params)
+    out = obj.after_update(moved, extra, jnp.int32(3))
+    m = 1 - (1 - 0.996) * (math.cos(math.pi * 3 / obj.total_steps) + 1) / 2
+    leaf = jax.tree.leaves(extra["ema_teacher"]["params"])[0]
+    np.testing.assert_allclose(jax.tree.leaves(out["ema_teacher"]["params"])[0], m * leaf + (1 - m) * (leaf + 1.0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_step_equals_single_device_centers_and_losses():
+    cfg = esvit_config()
+    cfg.optim.name, cfg.optim.lr, cfg.optim.b1 = "sgd", 0.1, 0.9
+    _, data = batches(cfg, 2)
+    single, losses1, _ = run_steps(sharding.make_mesh(1, 1, 1, jax.devices()[:1]), cfg, data)
+    multi, losses8, _ = run_steps(sharding.make_mesh(8, 1, 1), cfg, data)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    for key in ("center", "center_grid"):
+        np.testing.assert_allclose(np.asarray(multi["extra"][key]), np.asarray(single["extra"][key]),
+                                   rtol=1e-5, atol=1e-7)
+        assert np.abs(np.asarray(single["extra"][key])).sum() > 0
+
+
+@pytest.mark.parametrize("region", [False, True])
+def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
+    cfg = esvit_config(region=region)
+    cfg.total_steps, cfg.eval_every, cfg.checkpoint_every = 10, 5, 10
+    out = train.run(cfg, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    knn = [r["eval/knn/top1_k5"] for r in rows if "eval/knn/top1_k5" in r]
+    assert len(knn) == 2 and all(0.0 <= a <= 1.0 for a in knn)
+    assert ("train/region_loss" in rows[0]) == region
+    assert np.isfinite(out["train/loss"])
+    assert os.path.isfile(tmp_path / "esvit_correspondence_000010.png")
+    # downstream protocols read the EMA teacher
+    params, which = run_params(str(tmp_path))
+    assert which == "EMA teacher" and "backbone" in params
+    student = checkpoint.load_params(str(tmp_path))
+    assert not np.allclose(jax.tree.leaves(student["backbone"])[0], jax.tree.leaves(params["backbone"])[0])
+    assert EMA_TEACHER[1] == "ema_teacher"
+
+
+@pytest.mark.parametrize("model_name,overrides", [
+    ("swin_tiny_patch4_window7_224", dict(patch_size=2, window_size=2, embed_dim=16, depths=(1, 1),
+                                          num_heads=(2, 2))),
+    ("cvt_13_224", dict(dims=(8, 16, 16), depths=(1, 1, 1), heads=(1, 2, 2), patch_sizes=(3, 3, 3),
+                        patch_strides=(2, 2, 2), patch_paddings=(1, 1, 1))),
+])
+def test_other_backbones_give_region_tokens(model_name, overrides):
+    cfg = esvit_config(global_size=16, local_size=8)
+    cfg.model_name = model_name
+    cfg.model = overrides
+    plan, obj, b, params, extra = fresh(cfg)
+    loss, (metrics, new_extra) = jax.jit(obj.loss)(params, extra, b, jax.random.key(1), jnp.int32(0))
+    low, high = init_loss_range(OUT_DIM, BOTTLENECK)
+    assert low < float(loss) < high, (low, float(loss), high)
+    assert np.isfinite(float(metrics["region_loss"]))
+
+
+def test_bad_esvit_configs():
+    cfg = esvit_config()
+    cfg.data.train_transform = "normalize('mnist')"
+    with pytest.raises(ConfigError, match="normalize\\('none'\\)"):
+        validate(cfg)
+    cfg = esvit_config(student_temp=0.0)
+    with pytest.raises(ConfigError, match="temperatures"):
+        validate(cfg)
+    cfg = esvit_config()
+    cfg.esvit.unknown = 1
+    with pytest.raises(ConfigError, match="unknown key"):
+        validate(cfg)

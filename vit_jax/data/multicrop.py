@@ -1,0 +1,416 @@
+"""DINO / EsViT multi-crop augmentation on the host (numpy + PIL), deterministic given an rng.
+
+One image becomes 2 "global" crops (large, scale (0.4, 1)) and N "local" crops (small, scale
+(0.05, 0.4)); the student sees all of them, the teacher only the global ones. Each crop goes
+through the DINO chain, in this order:
+
+    random resized crop (bicubic) -> horizontal flip (0.5)
+    -> colour jitter (p 0.8; brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random order)
+    -> grayscale (p 0.2) -> Gaussian blur (p 1.0 / 0.1 / 0.5 for global 1 / global 2 / locals)
+    -> solarize (threshold 128; p 0 / 0.2 / 0)  -> normalize
+
+Pixel semantics follow torchvision's PIL code path, which is what DINO and EsViT ran: brightness,
+contrast and saturation are PIL ``ImageEnhance`` blends (computed in float32, then truncated to
+uint8), hue is a shift of the 8-bit H channel of PIL's HSV, grayscale is PIL's "L" (ITU-R 601-2
+luma), the blur is PIL's ``GaussianBlur`` (its radius is the standard deviation) and the crops
+are resized with PIL's antialiased bicubic filter.
+
+Blur sigma. ``MultiCropSpec.blur_sigma`` is in pixels of a 224-px global crop, DINO's setting.
+Every crop, global and local, is blurred with sigma * global_size / 224: the reference 224 / 96
+recipe is reproduced exactly (DINO blurs its 96-px locals with the same (0.1, 2) pixels), and a
+smaller recipe such as 28 / 12 px on digits is that same recipe shrunk, so a 28-px crop is blurred
+like a 224 one relative to its content instead of being smeared by a 2-px kernel. (Scaling each
+crop by its own size would shrink the locals' blur a second time and depart from DINO at 224.)
+
+Randomness comes only from the ``rng`` argument, in a fixed order per crop (crop box, flip,
+jitter coin + order + factors, grayscale coin, blur coin + sigma, solarize coin); a probability
+of exactly 0 or 1 draws no coin. So one Generator per example (pipeline.TrainPipeline seeds it by
+(seed, stream position)) makes every batch reproducible.
+
+Cost per call of :func:`multi_crop`, one thread, random-pixel images, median (mean) over a few
+hundred calls with the default DINO ops:
+
+    28 x 28 x 1 -> 2 x 28 + 6 x 12 crops (digits):   0.56 (0.60) ms   on the dev host *
+                                                     1.17 (1.17) ms   on a GPU machine's host
+    224 x 224 x 3 -> 2 x 224 + 8 x 96 crops:        16.8 (17.8) ms    on the dev host *
+                                                    31.9 (31.2) ms    on a GPU machine's host,
+        where torchvision's DINO transform (same ops on PIL) took 24.5 (26.5) ms; 4 threads
+        give ~92 images/s there and 8 no more (the GIL).
+    * 2 cores shared with a training run (load ~2.7), so these are upper bounds for its cores.
+
+At 224 px the time goes to the hue jitter (PIL's HSV round trip, ~1/3), the Gaussian blur and
+the bicubic resizes (~1/5 each); numpy versions of the hue shift were slower.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from vit_jax.data import transforms
+
+REFERENCE_SIZE = 224  # blur_sigma is given in pixels of a crop this large (DINO's global crop)
+_IDENTITY = np.arange(256, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiCropSpec:
+    """What :func:`multi_crop` produces and how each crop is augmented (defaults: DINO's).
+
+    Probabilities given as triples are (global crop 1, global crop 2, local crops).
+    ``mean`` is a preset name of ``transforms.STATS`` (``std`` None) or explicit values with
+    ``std``; one value broadcasts over the channels. Lists are accepted and stored as tuples.
+    The spec validates itself on construction (see :meth:`validate`).
+    """
+    global_size: int
+    local_size: int
+    num_local: int
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    flip: bool = True  # False for digits: a mirrored 2 or 7 is not a digit
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    gray_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of a 224 crop, see the module docstring
+    solarize_p: tuple[float, float, float] = (0.0, 0.2, 0.0)
+    mean: tuple[float, ...] | str = "imagenet"
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Configs often hold lists (JSON, YAML); tuples keep the frozen spec hashable.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (list, np.ndarray)):
+                object.__setattr__(self, f.name, tuple(float(x) for x in v))
+        self.validate()
+
+    @property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The resolved (mean, std) in [0, 1] pixel units."""
+        return transforms.get_stats(self.mean, self.std)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and how to fix it."""
+        for name in ("global_size", "local_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: give the crop side in pixels as an "
+                                 "integer >= 1")
+        if isinstance(self.num_local, bool) or not isinstance(self.num_local, (int, np.integer)) \
+                or self.num_local < 0:
+            raise ValueError(f"MultiCropSpec.num_local={self.num_local!r}: give the number of "
+                             "local crops as an integer >= 0 (0 turns local crops off)")
+        for name, example in (("global_scale", "(0.4, 1.0)"), ("local_scale", "(0.05, 0.4)")):
+            v = getattr(self, name)
+            if not (_is_pair(v) and 0 < v[0] <= v[1] <= 1):
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: give the (low, high) fraction of "
+                                 f"the image area a crop covers, 0 < low <= high <= 1, "
+                                 f"e.g. {example}")
+        for name in ("jitter_p", "gray_p"):
+            v = getattr(self, name)
+            if not _is_prob(v):
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: a probability must lie in [0, 1]")
+        for name in ("blur_p", "solarize_p"):
+            v = getattr(self, name)
+            if not (isinstance(v, tuple) and len(v) == 3 and all(_is_prob(p) for p in v)):
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: give three probabilities in [0, 1] "
+                                 "for (global crop 1, global crop 2, local crops)")
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not (_is_real(v) and v >= 0):
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: the jitter strength must be >= 0 "
+                                 "(factors are drawn from [max(0, 1 - v), 1 + v]; 0 turns it off)")
+        if not (_is_real(self.hue) and 0 <= self.hue <= 0.5):
+            raise ValueError(f"MultiCropSpec.hue={self.hue!r}: the hue shift must lie in [0, 0.5] "
+                             "(a fraction of the colour wheel; 0 turns it off)")
+        if not (_is_pair(self.blur_sigma) and 0 <= self.blur_sigma[0] <= self.blur_sigma[1]):
+            raise ValueError(f"MultiCropSpec.blur_sigma={self.blur_sigma!r}: give (low, high) with "
+                             "0 <= low <= high, in pixels of a 224 crop, e.g. (0.1, 2.0)")
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise ValueError(f"MultiCropSpec.flip={self.flip!r}: give True or False")
+        mean, std = self.stats  # raises for an unknown preset or a mean without std
+        if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+            raise ValueError(f"MultiCropSpec.mean={mean} and std={std}: give as many values in "
+                             "each (one per channel), or a single value that broadcasts")
+        if not all(s > 0 for s in std):
+            raise ValueError(f"MultiCropSpec.std={std}: every standard deviation must be > 0")
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(v)
+
+
+def _is_prob(v: Any) -> bool:
+    return _is_real(v) and 0 <= v <= 1
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) == 2 and all(_is_real(x) for x in v)
+
+
+def _coin(rng: np.random.Generator, p: float) -> bool:
+    """True with probability p. p of 0 or 1 draws nothing, so a switched-off op leaves the
+    random stream of the other ops as if it did not exist."""
+    if p <= 0:
+        return False
+    if p >= 1:
+        return True
+    return bool(rng.random() < p)
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) as is; a float image in [0, 1] -> uint8 by rounding x * 255."""
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.floating):
+        lo, hi = float(image.min(initial=0.0)), float(image.max(initial=0.0))
+        if not (lo >= 0 and hi <= 1):  # a [0, 255] float image would turn white; NaN fails too
+            raise ValueError(f"a float image must lie in [0, 1], got values in [{lo}, {hi}]")
+        image = np.rint(image * 255.0).astype(np.uint8)
+    return transforms._check(image)
+
+
+# Each op exists twice: a private one on PIL images, which multi_crop chains without leaving PIL
+# (every numpy <-> PIL copy costs about as much as a cheap op), and a public one on uint8 arrays
+# (H, W, C) that wraps it, for tests and other callers. Both give the same pixels.
+_POINT_MIN_PIXELS = 128 * 128
+
+
+def _blend_with(im: Image.Image, value: int, factor: float) -> Image.Image:
+    """PIL's ImageEnhance with a constant degenerate image: value + factor * (x - value), computed
+    in float32, clipped and truncated to uint8, as Image.blend stores it.
+
+    The same pixels two ways, whichever is cheaper: Image.blend costs per pixel, Image.point a
+    fixed ~40 us (Pillow rounds the 256-entry table per band in Python) plus a cheaper lookup."""
+    if im.width * im.height < _POINT_MIN_PIXELS:
+        degenerate = Image.new(im.mode, im.size, (value,) * len(im.getbands()))
+        return Image.blend(degenerate, im, float(factor))
+    v = np.float32(value)
+    lut = np.clip(v + np.float32(factor) * (_IDENTITY - v), 0, 255).astype(np.uint8)
+    return im.point(lut.tolist() * len(im.getbands()))
+
+
+def _brightness(im: Image.Image, factor: float) -> Image.Image:
+    return _blend_with(im, 0, factor)
+
+
+def _contrast(im: Image.Image, factor: float) -> Image.Image:
+    # PIL's ImageEnhance.Contrast blends with the mean luma rounded to an integer; a histogram
+    # gives that mean without a copy of the pixels.
+    hist = np.asarray(im.convert("L").histogram() if im.mode != "L" else im.histogram())
+    return _blend_with(im, int(hist @ np.arange(256) / hist.sum() + 0.5), factor)
+
+
+def _saturation(im: Image.Image, factor: float) -> Image.Image:
+    if im.mode == "L":
+        return im
+    return Image.blend(im.convert("L").convert("RGB"), im, float(factor))
+
+
+def _hue(im: Image.Image, factor: float) -> Image.Image:
+    if im.mode == "L":
+        return im
+    h, s, v = im.convert("HSV").split()
+    h = h.point(_hue_lut(int(round(float(factor) * 255)) % 255))
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+@functools.lru_cache(maxsize=512)
+def _hue_lut(shift: int) -> list[int]:
+    # PIL's H runs 0..255 for 0..360 degrees, so 255 is red again: the wheel has 255 steps.
+    return [(i + shift) % 255 for i in range(256)]
+
+
+def _jitter(im: Image.Image, rng: np.random.Generator, brightness: float, contrast: float,
+            saturation: float, hue: float) -> Image.Image:
+    order = rng.permutation(4)
+    factors = [rng.uniform(max(0.0, 1.0 - v), 1.0 + v) if v > 0 else None
+               for v in (brightness, contrast, saturation)]
+    factors.append(rng.uniform(-hue, hue) if hue > 0 else None)
+    ops = (_brightness, _contrast, _saturation, _hue)
+    for k in order:
+        if factors[k] is not None:
+            im = ops[k](im, factors[k])
+    return im
+
+
+def _grayscale(im: Image.Image) -> Image.Image:
+    return im if im.mode == "L" else im.convert("L").convert("RGB")
+
+
+def _blur(im: Image.Image, rng: np.random.Generator, sigma_range: tuple[float, float]
+          ) -> Image.Image:
+    return im.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*sigma_range))))
+
+
+@functools.lru_cache(maxsize=16)
+def _solarize_lut(threshold: int) -> np.ndarray:
+    x = np.arange(256)
+    lut = np.where(x < threshold, x, 255 - x).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def _on_array(op: Callable[..., Image.Image], img: np.ndarray, *args: Any) -> np.ndarray:
+    return transforms.from_pil(op(transforms.to_pil(img), *args))
+
+
+# ----------------------------------------------------------------------- single augmentations
+def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
+    """out = clip(floor(factor * x)) (PIL ImageEnhance.Brightness). uint8 (H, W, C) -> same."""
+    return _on_array(_brightness, img, factor)
+
+
+def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
+    """out = clip(floor(m + factor * (x - m))), m = mean luma rounded to an integer, as PIL's
+    ImageEnhance.Contrast. uint8 (H, W, C) -> same."""
+    return _on_array(_contrast, img, factor)
+
+
+def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the image's own gray (PIL ImageEnhance.Color); no-op on 1 channel.
+    uint8 (H, W, C) -> same."""
+    return img if transforms._check(img).shape[-1] == 1 else _on_array(_saturation, img, factor)
+
+
+def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
+    """Rotate hue by ``factor`` turns, factor in [-0.5, 0.5]: the 8-bit H of PIL's HSV moves by
+    round(factor * 255) steps around its 255-step wheel. No-op on 1 channel.
+    uint8 (H, W, C) -> same.
+
+    torchvision's PIL path (DINO's) truncates the shift and wraps at 256 with uint8 overflow, one
+    step off for the pixels that cross red; wrapping at 255 makes a third of a turn an exact
+    channel rotation. The 8-bit HSV round trip itself costs up to a few levels per channel, as
+    it did in DINO."""
+    return img if transforms._check(img).shape[-1] == 1 else _on_array(_hue, img, factor)
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.4,
+                 contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1) -> np.ndarray:
+    """torchvision ColorJitter: the four ops in a random order, each with a factor drawn
+    uniformly from [max(0, 1 - v), 1 + v] (hue: a shift in [-hue, hue]); a strength of 0 skips
+    its op and its draw. Draws: rng.permutation(4), then the factors in the order brightness,
+    contrast, saturation, hue. On 1 channel saturation and hue are no-ops (their draws still
+    happen). uint8 (H, W, C) -> same."""
+    return _on_array(_jitter, img, rng, brightness, contrast, saturation, hue)
+
+
+def random_grayscale(img: np.ndarray, rng: np.random.Generator, p: float = 0.2) -> np.ndarray:
+    """With probability p, replace every channel by the ITU-R 601-2 luma (PIL "L"); the channel
+    count is kept (a 1-channel image is unchanged). uint8 (H, W, C) -> same."""
+    if not _coin(rng, p) or transforms._check(img).shape[-1] == 1:
+        return img
+    return _on_array(_grayscale, img)
+
+
+def gaussian_blur(img: np.ndarray, rng: np.random.Generator, p: float = 0.5,
+                  sigma_range: tuple[float, float] = (0.1, 2.0)) -> np.ndarray:
+    """With probability p, PIL's Gaussian blur with sigma ~ U(sigma_range) pixels of ``img``
+    (edges replicate). uint8 (H, W, C) -> same."""
+    return _on_array(_blur, img, rng, sigma_range) if _coin(rng, p) else img
+
+
+def solarize(img: np.ndarray, rng: np.random.Generator, p: float = 0.2,
+             threshold: int = 128) -> np.ndarray:
+    """With probability p, invert pixels >= threshold (x -> 255 - x), as PIL ImageOps.solarize.
+    uint8 (H, W, C) -> same."""
+    if not _coin(rng, p):
+        return img
+    return np.take(_solarize_lut(int(threshold)), transforms._check(img))
+
+
+# ----------------------------------------------------------------------------- multi-crop
+@functools.lru_cache(maxsize=16)
+def _norm_tables(mean: tuple[float, ...], std: tuple[float, ...], c: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(C, 256) float32 tables: row k maps a uint8 value of channel k to its normalised value;
+    the second one solarizes first (x >= 128 -> 255 - x), which makes solarize, DINO's last op
+    before normalize, free.
+
+    A lookup is one pass per channel where arithmetic on uint8 takes three (cast, scale,
+    shift): about 2x faster, and the table is computed with transforms.normalize's formula, so
+    the numbers are the same as its."""
+    for what, v in (("mean", mean), ("std", std)):
+        if len(v) not in (1, c):
+            raise ValueError(f"MultiCropSpec.{what}={v} does not fit a {c}-channel image: give "
+                             f"{c} values or one, or convert the image (transforms.to_rgb/to_gray)")
+    x = np.arange(256, dtype=np.float32)[:, None]
+    table = (x * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    table = np.ascontiguousarray(np.broadcast_to(table, (256, c)).T)
+    solarized = np.ascontiguousarray(table[:, _solarize_lut(128)])
+    for t in (table, solarized):
+        t.setflags(write=False)
+    return table, solarized
+
+
+def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple[float, float],
+                  blur_p: float, solarize_p: float, sigma: tuple[float, float],
+                  spec: MultiCropSpec, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """One crop of the DINO chain before solarize and normalize: uint8 (size, size, C) and
+    whether to solarize it."""
+    top, left, ch, cw = transforms.random_resized_crop_box(*hw, scale, rng=rng)
+    im = src.resize((size, size), resample=Image.BICUBIC, box=(left, top, left + cw, top + ch))
+    if spec.flip and rng.random() < 0.5:  # the draw of transforms.random_flip
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if _coin(rng, spec.jitter_p):
+        im = _jitter(im, rng, spec.brightness, spec.contrast, spec.saturation, spec.hue)
+    if _coin(rng, spec.gray_p):
+        im = _grayscale(im)
+    if _coin(rng, blur_p):
+        im = _blur(im, rng, sigma)
+    return transforms.from_pil(im), _coin(rng, solarize_p)
+
+
+def multi_crop(image: np.ndarray, rng: np.random.Generator, spec: MultiCropSpec
+               ) -> dict[str, np.ndarray]:
+    """One image -> {"global": (2, G, G, C), "local": (N, L, L, C)} float32, normalised.
+
+    ``image``: uint8 (H, W, C) or float in [0, 1] (rounded to uint8), C in {1, 3}; C is kept.
+    G, L, N = spec.global_size, spec.local_size, spec.num_local; with N = 0 "local" is empty,
+    shape (0, L, L, C), so batches stack the same way whatever N is.
+    """
+    img = _as_uint8(image)
+    h, w, c = img.shape
+    tables = _norm_tables(*spec.stats, c)
+    src = transforms.to_pil(img)
+    k = spec.global_size / REFERENCE_SIZE  # one blur scale for all crops: see the docstring
+    sigma = (spec.blur_sigma[0] * k, spec.blur_sigma[1] * k)
+    g, ls = spec.global_size, spec.local_size
+    out = {"global": np.empty((2, g, g, c), np.float32),
+           "local": np.empty((spec.num_local, ls, ls, c), np.float32)}
+    jobs = [("global", 0, g, spec.global_scale, spec.blur_p[0], spec.solarize_p[0]),
+            ("global", 1, g, spec.global_scale, spec.blur_p[1], spec.solarize_p[1])]
+    jobs += [("local", i, ls, spec.local_scale, spec.blur_p[2], spec.solarize_p[2])
+             for i in range(spec.num_local)]
+    for key, i, size, scale, bp, sp in jobs:
+        crop, solarized = _augment_crop(src, (h, w), size, scale, bp, sp, sigma, spec, rng)
+        table = tables[1] if solarized else tables[0]
+        for ch in range(c):  # solarize (maybe) and normalise in one lookup, into the output
+            np.take(table[ch], crop[..., ch], out=out[key][i, ..., ch])
+    return out
+
+
+def multi_crop_transform(spec: MultiCropSpec, image_key: str = "image"
+                         ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
+    """A pipeline.TrainPipeline transform: example -> example with ``image_key`` replaced by
+    "global" (2, G, G, C) and "local" (N, L, L, C), "label" (if any) as int32; other keys pass.
+    Batched, "global" is (B, 2, G, G, C)."""
+    spec.validate()
+
+    def apply(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        out = {k: v for k, v in example.items() if k != image_key}
+        out.update(multi_crop(example[image_key], rng, spec))
+        if "label" in out:
+            out["label"] = np.int32(out["label"])
+        return out
+
+    return apply
+

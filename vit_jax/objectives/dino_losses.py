@@ -1,0 +1,114 @@
+"""DINO / EsViT losses and schedules as pure functions (facebookresearch/dino, microsoft/esvit).
+
+Crops: 2 global crops (seen by student and teacher) and N local crops (student only). For each
+teacher crop iq in {0, 1} and each student crop v != iq:
+    view term    CE(p_t[iq], s[v]) = -sum_k softmax((t[iq] - c) / tau_t)_k log_softmax(s[v] / tau_s)_k
+    region term  for each student token i of crop v: j* = argmax_j cos(z_s[v]_i, z_t[iq]_j) over the
+                 teacher tokens (backbone features); -sum_k p_t[iq]_{j*, k} log_softmax(r_s[v]_i / tau_s)_k
+                 with p_t = softmax((r_t - c_grid) / tau_t) from the region head; mean over i.
+Each term is averaged over the batch; plain DINO adds the view terms, EsViT 0.5 view + 0.5 region
+(as the official code does); the total is divided by the number of (iq, v) pairs, 2 (2 + N - 1).
+Centers: c <- m c + (1 - m) mean(teacher outputs of both global crops over the global batch),
+after the loss; c_grid the same over all teacher tokens. Under jax.jit a mean over the batch axis
+of a batch-sharded array is the global mean, so the centers agree on every device.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------------------ schedules
+
+def teacher_temperature(step: Array, steps_per_epoch: float, warmup_temp: float, temp: float,
+                        warmup_epochs: int) -> Array:
+    """DINO's per-epoch schedule: linspace(warmup_temp, temp, warmup_epochs) over the first epochs
+    (epoch e gets warmup_temp + (temp - warmup_temp) e / (warmup_epochs - 1)), then temp."""
+    epoch = jnp.floor(jnp.asarray(step, jnp.float32) / steps_per_epoch)
+    if warmup_epochs <= 1:
+        return jnp.where(epoch < warmup_epochs, warmup_temp, temp).astype(jnp.float32)
+    ramp = warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
+    return jnp.where(epoch < warmup_epochs, ramp, temp).astype(jnp.float32)
+
+
+def ema_momentum(step: Array, total_steps: int, base: float = 0.996, final: float = 1.0) -> Array:
+    """Teacher EMA momentum, cosine from `base` at step 0 to `final` at the last step (per step)."""
+    t = jnp.asarray(step, jnp.float32) / max(total_steps, 1)
+    return (final - (final - base) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0).astype(jnp.float32)
+
+
+def ema(teacher, student, momentum: Array):
+    """teacher <- m teacher + (1 - m) student, leaf by leaf."""
+    return jax.tree.map(lambda t, s: (momentum * t + (1.0 - momentum) * s).astype(t.dtype),
+                        teacher, student)
+
+
+def update_center(center: Array, teacher_out: Array, momentum: float = 0.9) -> Array:
+    """(1, K) center <- m c + (1 - m) mean of teacher outputs (..., K) over all leading axes."""
+    batch_center = jnp.mean(teacher_out.reshape(-1, teacher_out.shape[-1]), axis=0, keepdims=True)
+    return center * momentum + batch_center * (1.0 - momentum)
+
+
+# ------------------------------------------------------------------------------ losses
+
+def _cross_entropy(teacher_probs: Array, student_logits: Array, tau_s: float) -> Array:
+    """-sum_k p_k log_softmax(s / tau_s)_k over the last axis."""
+    return -jnp.sum(teacher_probs * jax.nn.log_softmax(student_logits / tau_s, axis=-1), axis=-1)
+
+
+def _normalize(x: Array) -> Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def region_term(student_region: Array, student_feat: Array, teacher_probs: Array,
+                teacher_feat: Array, tau_s: float) -> Array:
+    """(B,) region loss of one (teacher crop, student crop) pair.
+
+    student_region (B, Ts, K) region-head logits, student_feat (B, Ts, P) backbone tokens,
+    teacher_probs (B, Tt, K) centred and sharpened teacher region probabilities,
+    teacher_feat (B, Tt, P) teacher backbone tokens.
+    """
+    sim = jnp.einsum("bsp,btp->bst", _normalize(student_feat.astype(jnp.float32)),
+                     _normalize(teacher_feat.astype(jnp.float32)))
+    best = jnp.argmax(sim, axis=-1)                                        # (B, Ts)
+    matched = jnp.take_along_axis(teacher_probs, best[..., None], axis=1)  # (B, Ts, K)
+    return jnp.mean(_cross_entropy(matched, student_region, tau_s), axis=-1)
+
+
+def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: float, tau_t: Array,
+               student_region: list[Array] | None = None, student_feat: list[Array] | None = None,
+               teacher_region: Array | None = None, teacher_feat: Array | None = None,
+               center_grid: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """The DINO (region args None) or EsViT loss over all crop pairs; see the module docstring.
+
+    student_view (V, B, K): view-head logits of every crop, the 2 global crops first.
+    teacher_view (2, B, K): teacher view-head logits of the global crops.
+    student_region / student_feat: per crop v, (B, Ts_v, K) and (B, Ts_v, P) (resolutions differ).
+    teacher_region (2, B, Tt, K), teacher_feat (2, B, Tt, P).
+    Returns (loss, {"view": mean view term, "region": mean region term}).
+    """
+    tau_t = jnp.asarray(tau_t, jnp.float32)
+    q = jax.lax.stop_gradient(jax.nn.softmax((teacher_view - center) / tau_t, axis=-1))
+    regions = student_region is not None
+    if regions:
+        q_grid = jax.lax.stop_gradient(jax.nn.softmax((teacher_region - center_grid) / tau_t, axis=-1))
+        teacher_feat = jax.lax.stop_gradient(teacher_feat)
+    total, views, grids, pairs = 0.0, 0.0, 0.0, 0
+    for iq in range(teacher_view.shape[0]):
+        for v in range(student_view.shape[0]):
+            if v == iq:
+                continue
+            view = jnp.mean(_cross_entropy(q[iq], student_view[v], tau_s))
+            views += view
+            if regions:
+                grid = jnp.mean(region_term(student_region[v], student_feat[v], q_grid[iq],
+                                            teacher_feat[iq], tau_s))
+                grids += grid
+                total += 0.5 * view + 0.5 * grid
+            else:
+                total += view
+            pairs += 1
+    return total / pairs, {"view": views / pairs, "region": grids / pairs if regions else jnp.zeros(())}
+

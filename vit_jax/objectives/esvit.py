@@ -1,0 +1,259 @@
+"""EsViT (Li et al. 2021) and DINO (Caron et al. 2021) self-distillation: the `config.esvit` section.
+
+A student (backbone + DINO view head [+ region head]) sees 2 global and N local crops of every
+image; the teacher, an EMA of the student outside the gradient, sees the 2 global crops. The loss
+(vit_jax/objectives/dino_losses.py) is DINO's view-level cross-entropy, plus with esvit.region the
+region-level one: each student token is matched to its most similar teacher token. Backbones: any
+registry model (Swin, as EsViT; CvT; ViT, whose position embedding is resized for local crops);
+the view head reads the pooled features (`out` with num_classes=0: Swin's average pool, the ViT
+/ CvT class token), the region head the final tokens without the class token.
+
+State: params = {"backbone", "head"[, "region_head"]}; extra = {"ema_teacher": {"params", "stats"},
+"stats" (the student's BatchNorm statistics, CvT), "center", "center_grid"}. Schedules are pure
+functions of the step: teacher temperature (per epoch), EMA momentum (cosine, per step); the
+last layers of both heads get no gradient during the first esvit.freeze_last_layer_epochs.
+Multi-crop happens on the host (prepare_example, vit_jax/data/multicrop.py): data.train_transform
+must end with normalize('none') (pixels in [0, 1]); the crops are normalised with esvit.pixel_stats.
+At every evaluation: k-NN of the teacher backbone (eval/knn/top1_k*) and the correspondence picture.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from vit_jax import config_base, models, viz
+from vit_jax.data import multicrop
+from vit_jax.data import transforms as transforms_lib
+from vit_jax.data.info import DataInfo
+from vit_jax.models.dino_head import DINOHead
+from vit_jax.objectives import Batch, Extra, Objective, Params, config_section, register
+from vit_jax.objectives import dino_losses as losses
+
+Array = jax.Array
+
+
+def default_config() -> mlc.ConfigDict:
+    """The `config.esvit` section with the papers' ImageNet settings (Swin-T, 2 x 224 + 8 x 96)."""
+    return mlc.ConfigDict(dict(
+        region=True,                     # False: plain DINO (view loss only)
+        out_dim=65536, hidden_dim=2048, bottleneck_dim=256, head_layers=3, norm_last_layer=True,
+        student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30,
+        momentum_teacher=0.996, center_momentum=0.9, freeze_last_layer_epochs=1,
+        # multi-crop (vit_jax/data/multicrop.py MultiCropSpec)
+        global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
+        flip=True, pixel_stats="imagenet",
+        # evaluation of the teacher during pre-training
+        knn_k=(10, 20), knn_temperature=0.07,
+    ))
+
+
+def _token_count(aux: dict) -> int:
+    """Patch tokens of the final feature map (the class token, if any, is not one)."""
+    if "patch_grid" in aux:                 # ViT
+        h, w = aux["patch_grid"]
+        return int(h * w)
+    last = aux["stages"][-1]               # Swin, CvT: (B, h, w, C)
+    return int(np.prod(last.shape[1:-1]))
+
+
+class EsViT(Objective):
+    """EsViT (esvit.region=True) / DINO (False). See the module docstring."""
+    name = "esvit"
+
+    def __init__(self, config: mlc.ConfigDict, info: DataInfo):
+        super().__init__(config, info)
+        self.cfg = e = config_section(config, "esvit", default_config())
+        kw = dict(config.model)
+        if kw.get("num_classes", 0) != 0:
+            raise ValueError("EsViT's backbone has no classification head; remove config.model.num_classes.")
+        kw.update(num_classes=0)
+        kw.setdefault("image_size", (int(e.global_size), int(e.global_size)))
+        kw.setdefault("in_channels", info.image_shape[2])
+        if config.dtype != "float32":
+            kw.setdefault("dtype", jnp.dtype(config.dtype))
+        self.model = self.backbone = models.create(config.model_name, **kw)
+        # DINO's teacher has no drop path; its dropout is off anyway (deterministic apply)
+        dpr = getattr(self.backbone, "drop_path_rate", 0.0)
+        self.teacher_model = self.backbone.clone(
+            drop_path_rate=tuple(0.0 for _ in dpr) if isinstance(dpr, (tuple, list)) else 0.0)
+        head = dict(out_dim=int(e.out_dim), hidden_dim=int(e.hidden_dim),
+                    bottleneck_dim=int(e.bottleneck_dim), num_layers=int(e.head_layers),
+                    norm_last_layer=bool(e.norm_last_layer))
+        self.head = DINOHead(**head)
+        self.region_head = DINOHead(**head) if e.region else None
+        self.crops = multicrop.MultiCropSpec(
+            global_size=int(e.global_size), local_size=int(e.local_size), num_local=int(e.num_local),
+            global_scale=tuple(e.global_scale), local_scale=tuple(e.local_scale), flip=bool(e.flip),
+            mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1])
+        self.total_steps = config_base.total_steps(config, info.num_train)
+        self.steps_per_epoch = max(info.num_train / config.batch_size, 1e-9)
+
+    # ------------------------------------------------------------------ checks and data
+    def check_config(self) -> None:
+        e = self.cfg
+        self.crops.validate()
+        if transforms_lib.normalization_stats(self.config.data.train_transform) != ((0.0,), (1.0,)):
+            raise ValueError("EsViT crops and normalises each image itself (esvit.pixel_stats): end "
+                             "data.train_transform with normalize('none'), e.g. \"normalize('none')\".")
+        stats = transforms_lib.get_stats(e.pixel_stats)
+        if self.config.data.eval_split and \
+                transforms_lib.normalization_stats(self.config.data.eval_transform) != stats:
+            raise ValueError(f"data.eval_transform must normalise like the crops (esvit.pixel_stats="
+                             f"{e.pixel_stats!r}): end it with normalize('{e.pixel_stats}').")
+        if not (0 < e.student_temp and 0 < e.teacher_temp and 0 < e.warmup_teacher_temp):
+            raise ValueError("esvit temperatures must be > 0.")
+        if not 0.0 <= e.momentum_teacher <= 1.0 or not 0.0 <= e.center_momentum < 1.0:
+            raise ValueError("esvit.momentum_teacher must be in [0, 1] and esvit.center_momentum in [0, 1).")
+        if e.warmup_teacher_temp_epochs < 0 or e.freeze_last_layer_epochs < 0:
+            raise ValueError("esvit.warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0.")
+
+    def prepare_example(self, example: dict, rng: np.random.Generator) -> dict:
+        crops = multicrop.multi_crop(np.asarray(example["image"]), rng, self.crops)
+        out = {k: v for k, v in example.items() if k != "image"}
+        out.update(global_crops=crops["global"], local_crops=crops["local"])
+        return out
+
+    # ------------------------------------------------------------------ networks
+    def _backbone(self, model, params, stats, images, train, rng=None):
+        """-> (pooled (B, D), patch tokens (B, T, D), new stats)."""
+        variables = {"params": params, **stats}
+        rngs = {"dropout": rng} if rng is not None else {}
+        if train and stats:      # BatchNorm (CvT): batch statistics, running stats updated
+            (out, aux), new = model.apply(variables, images, train=True, rngs=rngs, mutable=list(stats))
+            stats = dict(new)
+        else:
+            out, aux = model.apply(variables, images, train=train, rngs=rngs)
+        tokens = aux["encoded"][:, aux["encoded"].shape[1] - _token_count(aux):]
+        return out.astype(jnp.float32), tokens, stats
+
+    def _heads(self, params, pooled, tokens, freeze: Array | None = None):
+        """View logits (B, K) and region logits (B, T, K); `freeze`: no gradient to last layers."""
+        def frozen(p):
+            if freeze is None:
+                return p
+            last = jax.tree.map(lambda x: jnp.where(freeze, jax.lax.stop_gradient(x), x), p["last_layer"])
+            return dict(p, last_layer=last)
+        view = self.head.apply({"params": frozen(params["head"])}, pooled)
+        region = None
+        if self.region_head is not None:
+            b, t, d = tokens.shape
+            region = self.region_head.apply({"params": frozen(params["region_head"])},
+                                            tokens.reshape(b * t, d)).reshape(b, t, -1)
+        return view, region
+
+    # ------------------------------------------------------------------ interface
+    def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
+        r_b, r_h, r_r = jax.random.split(rng, 3)
+        images = batch["global_crops"][:, 0]
+        variables = self.backbone.init({"params": r_b}, images, train=False)
+        params = {"backbone": variables.pop("params")}
+        stats = dict(variables)
+        pooled, tokens, _ = self._backbone(self.backbone, params["backbone"], stats, images, False)
+        params["head"] = self.head.init(r_h, pooled)["params"]
+        if self.region_head is not None:
+            params["region_head"] = self.region_head.init(r_r, tokens)["params"]
+        k = int(self.cfg.out_dim)
+        extra = {"ema_teacher": {"params": params, "stats": stats}, "stats": stats,
+                 "center": jnp.zeros((1, k), jnp.float32), "center_grid": jnp.zeros((1, k), jnp.float32)}
+        return params, extra
+
+    def _crop_major(self, crops: Array) -> Array:
+        """(B, V, H, W, C) -> (V * B, H, W, C), crop-major like DINO's torch.cat of crops."""
+        b, v = crops.shape[:2]
+        return crops.swapaxes(0, 1).reshape((v * b,) + crops.shape[2:])
+
+    def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array, step: jax.Array
+             ) -> tuple[Array, tuple[dict[str, Array], Extra]]:
+        e = self.cfg
+        g, l = batch["global_crops"], batch["local_crops"]
+        b, n_local = g.shape[0], l.shape[1]
+        freeze = step < jnp.asarray(e.freeze_last_layer_epochs * self.steps_per_epoch, jnp.float32)
+        rng_g, rng_l = jax.random.split(rng)
+
+        # teacher: global crops only, no gradient
+        teacher = jax.lax.stop_gradient(extra["ema_teacher"])
+        t_pooled, t_tokens, t_stats = self._backbone(self.teacher_model, teacher["params"]["backbone"],
+                                                     teacher["stats"], self._crop_major(g), True)
+        t_view, t_region = self._heads(teacher["params"], t_pooled, t_tokens)
+        t_view, t_tokens = t_view.reshape(2, b, -1), t_tokens.reshape((2, b) + t_tokens.shape[1:])
+        t_view, t_tokens = jax.lax.stop_gradient(t_view), jax.lax.stop_gradient(t_tokens)
+
+        # student: global crops, then local crops (two resolutions, two calls)
+        s_pooled, s_tokens, stats = self._backbone(self.backbone, params["backbone"], extra["stats"],
+                                                   self._crop_major(g), True, rng_g)
+        s_view, s_region = self._heads(params, s_pooled, s_tokens, freeze)
+        views = [s_view.reshape(2, b, -1)]
+        region_list = feat_list = None
+        if s_region is not None:
+            region_list = list(s_region.reshape((2, b) + s_region.shape[1:]))
+            feat_list = list(s_tokens.reshape((2, b) + s_tokens.shape[1:]))
+        if n_local:
+            l_pooled, l_tokens, stats = self._backbone(self.backbone, params["backbone"], stats,
+                                                       self._crop_major(l), True, rng_l)
+            l_view, l_region = self._heads(params, l_pooled, l_tokens, freeze)
+            views.append(l_view.reshape(n_local, b, -1))
+            if l_region is not None:
+                region_list += list(l_region.reshape((n_local, b) + l_region.shape[1:]))
+                feat_list += list(l_tokens.reshape((n_local, b) + l_tokens.shape[1:]))
+
+        tau_t = losses.teacher_temperature(step, self.steps_per_epoch, float(e.warmup_teacher_temp),
+                                           float(e.teacher_temp), int(e.warmup_teacher_temp_epochs))
+        regions = self.region_head is not None
+        t_region_2 = jax.lax.stop_gradient(t_region.reshape((2, b) + t_region.shape[1:])) if regions else None
+        loss, parts = losses.esvit_loss(
+            jnp.concatenate(views, axis=0), t_view, extra["center"], float(e.student_temp), tau_t,
+            region_list, feat_list, t_region_2, t_tokens if regions else None, extra["center_grid"])
+        new_extra = dict(extra, stats=stats,
+                         ema_teacher=dict(extra["ema_teacher"], stats=jax.lax.stop_gradient(t_stats)),
+                         center=losses.update_center(extra["center"], t_view, float(e.center_momentum)))
+        if regions:
+            new_extra["center_grid"] = losses.update_center(extra["center_grid"], t_region_2,
+                                                            float(e.center_momentum))
+        metrics = {"loss": loss, "view_loss": parts["view"], "teacher_temp": tau_t}
+        if regions:
+            metrics["region_loss"] = parts["region"]
+        return loss, (metrics, new_extra)
+
+    def after_update(self, params: Params, extra: Extra, step: jax.Array) -> Extra:
+        m = losses.ema_momentum(step, self.total_steps, float(self.cfg.momentum_teacher))
+        teacher = dict(extra["ema_teacher"], params=losses.ema(extra["ema_teacher"]["params"], params, m))
+        return dict(extra, ema_teacher=teacher)
+
+    # ------------------------------------------------------------------ evaluation
+    def teacher_features(self, teacher: Any, images: Array) -> Array:
+        """Pooled features of the teacher backbone (eval mode): what k-NN and probes read."""
+        pooled, _, _ = self._backbone(self.teacher_model, teacher["params"]["backbone"],
+                                      teacher["stats"], images, False)
+        return pooled
+
+    def on_eval(self, params, extra, ctx) -> dict[str, float]:
+        from vit_jax.evaluate import knn
+        results: dict[str, float] = {}
+        teacher = extra["ema_teacher"]
+        if ctx.eval_source is not None and self.info.num_classes > 0:
+            results.update(knn.knn_accuracy(self.teacher_features, teacher, ctx, self.info.num_classes,
+                                            tuple(self.cfg.knn_k), float(self.cfg.knn_temperature)))
+        if ctx.is_main and ctx.eval_source is not None:
+            self.write_correspondences(jax.device_get(teacher), ctx)
+        return results
+
+    def write_correspondences(self, teacher: Any, ctx) -> str:
+        """Two global views of one eval image, the 10 best-matched teacher token pairs as lines."""
+        raw = dict(ctx.eval_source[0])
+        image = transforms_lib.normalize(np.asarray(raw["image"]), "none")
+        crops = multicrop.multi_crop(image, np.random.default_rng(0), self.crops)["global"]
+        _, tokens, _ = self._backbone(self.teacher_model, teacher["params"]["backbone"], teacher["stats"],
+                                      jnp.asarray(crops), False)
+        path = os.path.join(ctx.workdir, f"esvit_correspondence_{int(ctx.step):06d}.png")
+        mean, std = self.crops.mean, self.crops.std
+        viz.save_png(viz.correspondence_picture(crops[0], crops[1], np.asarray(tokens[0]),
+                                                np.asarray(tokens[1]), mean, std, top=10), path)
+        return path
+
+
+register("esvit", EsViT)
