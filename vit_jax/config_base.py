@@ -62,6 +62,20 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config path[:arg]` would load it (notebooks, tests).
+    A ":ARG" suffix on `path` is the argument when `arg` is None."""
+    import importlib.util
+    if arg is None and ":" in os.path.basename(path):
+        path, arg = path.rsplit(":", 1)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"vit_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
 def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
     """Sets c.init_from = workdir and c.model_name / c.model to the backbone that run trained
     (from its config.json), so an evaluation config fits any pre-training run (ViT, Swin, CvT).

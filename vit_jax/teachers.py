@@ -241,15 +241,12 @@ def dinov2_vits14_folder() -> Path:
 
 
 def _from_workdir(spec: str, path: str) -> Teacher:
-    import ml_collections as mlc
-
-    from vit_jax import validate as validate_lib
     from vit_jax.evaluate.backbone import backbone_of, run_params
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    from vit_jax.evaluate.run import load_config
+    from vit_jax import validate as validate_lib
+    if not os.path.isfile(os.path.join(path, "config.json")):
         raise TeacherError(f"teacher {spec!r}: {path} is not a vit_jax workdir (no config.json).")
-    with open(cfg_path) as f:
-        config = mlc.ConfigDict(json.load(f))
+    config = load_config(path)
     objective = validate_lib.validate(config).objective
     module = getattr(objective, "backbone", None) or objective.model
     if not isinstance(module, ViT):

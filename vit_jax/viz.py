@@ -1,4 +1,4 @@
-"""Pictures: MAE reconstructions, EsViT region correspondences (more to come: attention maps, curves).
+"""Pictures: MAE reconstructions, EsViT region correspondences, attention maps, training curves.
 
 Host-side numpy only (no jax): callers pass arrays they fetched with jax.device_get.
 """
@@ -176,3 +176,72 @@ def correspondence_picture(view_a: np.ndarray, view_b: np.ndarray, tokens_a: np.
             rad = max(2, scale)
             draw.ellipse([x - rad, y - rad, x + rad, y + rad], outline=colour, width=max(1, scale // 3))
     return np.asarray(image, np.uint8)
+
+
+def _upscale_map(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(gh, gw) map -> (h, w), nearest (each patch one block), scaled to [0, 1]."""
+    m = np.asarray(m, np.float32)
+    m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
+    return np.repeat(np.repeat(m, h // m.shape[0], axis=0), w // m.shape[1], axis=1)
+
+
+def attention_picture(images: np.ndarray, maps: np.ndarray, mean: Sequence[float] | float = 0.0,
+                      std: Sequence[float] | float = 1.0, scale: int | None = None) -> np.ndarray:
+    """One row per image: the image, then one heat map per map (e.g. per head, or a rollout)
+    laid over it (red = most attention).
+
+    images (B, H, W, C) normalised; maps (B, M, gh, gw) or (B, gh, gw) with H, W multiples of gh, gw.
+    Returns uint8 (B*H*s, (M+1)*W*s, 3).
+    """
+    images = _to_display(np.asarray(images, np.float32), mean, std)
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim == 3:
+        maps = maps[:, None]
+    b, h, w, c = images.shape
+    if c == 1:
+        images = np.repeat(images, 3, axis=-1)
+    rows = []
+    for i in range(b):
+        panels = [images[i]]
+        grey = images[i].mean(-1, keepdims=True)
+        for m in maps[i]:
+            heat = _upscale_map(m, h, w)[..., None]
+            red = np.concatenate([heat, 0.15 * heat, 0.15 * heat], axis=-1)
+            panels.append(np.clip(0.45 * grey + 0.75 * red, 0.0, 1.0))
+        rows.append(np.concatenate(panels, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    if scale is None:
+        scale = max(1, math.ceil(MIN_SIDE / h))
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    return np.round(grid * 255.0).astype(np.uint8)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl (a workdir or the file itself)."""
+    import json
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def curves_figure(path: str, keys: Sequence[str] = ("train/loss", "eval/test/accuracy")):
+    """A matplotlib figure with one panel per metric of a run (workdir or metrics.jsonl) against
+    the step; keys missing from the run are skipped. Needs matplotlib (pip install matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(path)
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        raise ValueError(f"none of the metrics {list(keys)} is in {path}.")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 20 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

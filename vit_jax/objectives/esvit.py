@@ -242,17 +242,20 @@ class EsViT(Objective):
             self.write_correspondences(jax.device_get(teacher), ctx)
         return results
 
-    def write_correspondences(self, teacher: Any, ctx) -> str:
-        """Two global views of one eval image, the 10 best-matched teacher token pairs as lines."""
-        raw = dict(ctx.eval_source[0])
-        image = transforms_lib.normalize(np.asarray(raw["image"]), "none")
-        crops = multicrop.multi_crop(image, np.random.default_rng(0), self.crops)["global"]
+    def correspondence_image(self, teacher: Any, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
+        """EsViT's picture for one raw example (uint8 image): two global views (multi-crop with
+        `seed`) and the `top` best-matched teacher tokens joined by lines. uint8 (H, W, 3)."""
+        image = transforms_lib.normalize(np.asarray(example["image"]), "none")
+        crops = multicrop.multi_crop(image, np.random.default_rng(seed), self.crops)["global"]
         _, tokens, _ = self._backbone(self.teacher_model, teacher["params"]["backbone"], teacher["stats"],
                                       jnp.asarray(crops), False)
+        return viz.correspondence_picture(crops[0], crops[1], np.asarray(tokens[0]), np.asarray(tokens[1]),
+                                          self.crops.mean, self.crops.std, top=top)
+
+    def write_correspondences(self, teacher: Any, ctx) -> str:
+        """The picture of the first eval image, as esvit_correspondence_<step>.png in the workdir."""
         path = os.path.join(ctx.workdir, f"esvit_correspondence_{int(ctx.step):06d}.png")
-        mean, std = self.crops.mean, self.crops.std
-        viz.save_png(viz.correspondence_picture(crops[0], crops[1], np.asarray(tokens[0]),
-                                                np.asarray(tokens[1]), mean, std, top=10), path)
+        viz.save_png(self.correspondence_image(teacher, dict(ctx.eval_source[0])), path)
         return path
 
 
