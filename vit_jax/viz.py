@@ -133,7 +133,7 @@ def correspondence_picture(view_a: np.ndarray, view_b: np.ndarray, tokens_a: np.
                            std: Sequence[float] | float = 1.0, top: int = 10,
                            scale: int | None = None) -> np.ndarray:
     """EsViT's correspondence figure: two views side by side, the `top` best-matched regions
-    (token i of a -> its most similar token of b) joined by lines, brightest = most similar.
+    (token i of a -> its most similar token of b) joined by lines, one colour per pair.
 
     view_a, view_b: (H, W, C) normalised images; tokens_a (Ta, D), tokens_b (Tb, D) their final
     tokens in row-major grid order. Returns uint8 (H*s, 2*W*s + gap, 3).
