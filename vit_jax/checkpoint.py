@@ -8,6 +8,8 @@ killed mid-save leaves the earlier checkpoints as they were.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
@@ -20,14 +22,26 @@ class CorruptCheckpointError(RuntimeError):
     pass
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hides orbax's warnings that a read-only manager is read-only (three lines per read)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class Checkpointer:
     """Keeps the last `keep` checkpoints of a run; `async_save` overlaps writing with training."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                                                      enable_async_checkpointing=async_save,
-                                                                                      cleanup_tmp_directories=True)
+                                               enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                                                   item_names=("state", "data"))
 
@@ -85,10 +99,11 @@ def load_params(workdir_or_dir: str, step: int | None = None,
         directory = os.path.join(directory, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory at {workdir_or_dir}")
-    mngr = ocp.CheckpointManager(os.path.abspath(directory),
-                                 options=ocp.CheckpointManagerOptions(read_only=True),
-                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                "data": ocp.JsonCheckpointHandler()})
+    with _quiet_absl():
+        mngr = ocp.CheckpointManager(os.path.abspath(directory),
+                                     options=ocp.CheckpointManagerOptions(read_only=True),
+                                     item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                    "data": ocp.JsonCheckpointHandler()})
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")

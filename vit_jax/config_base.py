@@ -64,10 +64,12 @@ def base_config() -> mlc.ConfigDict:
 
 def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
     """`get_config(arg)` of a config file, as `--config path[:arg]` would load it (notebooks, tests).
-    A ":ARG" suffix on `path` is the argument when `arg` is None."""
+    A ":ARG" suffix on `path` is the argument when `arg` is None (ARG may itself be a path:
+    "configs/mnist5k/finetune.py:workdirs/mae")."""
     import importlib.util
-    if arg is None and ":" in os.path.basename(path):
-        path, arg = path.rsplit(":", 1)
+    if arg is None and not os.path.isfile(path) and ".py:" in path:
+        path, arg = path.split(".py:", 1)
+        path += ".py"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist.")
     spec = importlib.util.spec_from_file_location(f"vit_jax_config_{abs(hash(path))}", path)

@@ -120,13 +120,18 @@ def _with_method(transform: Callable, objective: objectives.Objective) -> Callab
     return lambda ex, rng: objective.prepare_example(transform(ex, rng), rng)
 
 
+def source_kwargs(data) -> dict:
+    """Extra arguments of sources.get_source for a config's `data` section."""
+    return {"data_dir": data.data_dir} if data.data_dir and data.name.startswith("tfds:") else {}
+
+
 def validate(c) -> Plan:
     """Checks `c` (a ConfigDict) and returns the Plan of the run, or raises ConfigError."""
     _check_numbers(c)
     _check_mesh(c)
     if c.objective not in objectives.names():
         _fail(f"objective={c.objective!r} is unknown; choose one of {objectives.names()}")
-    kw = {"data_dir": c.data.data_dir} if c.data.data_dir and c.data.name.startswith("tfds:") else {}
+    kw = source_kwargs(c.data)
     try:
         train_src = sources.get_source(c.data.name, c.data.train_split, **kw)
         eval_src = sources.get_source(c.data.name, c.data.eval_split, **kw) if c.data.eval_split else None

@@ -228,14 +228,13 @@ def read_metrics(path: str) -> list[dict]:
 def curves_figure(path: str, keys: Sequence[str] = ("train/loss", "eval/test/accuracy")):
     """A matplotlib figure with one panel per metric of a run (workdir or metrics.jsonl) against
     the step; keys missing from the run are skipped. Needs matplotlib (pip install matplotlib)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # picks a headless backend by itself; inline in Jupyter
 
     rows = read_metrics(path)
-    keys = [k for k in keys if any(k in r for r in rows)]
-    if not keys:
+    present = [k for k in keys if any(k in r for r in rows)]
+    if not present:
         raise ValueError(f"none of the metrics {list(keys)} is in {path}.")
+    keys = present
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -243,5 +242,28 @@ def curves_figure(path: str, keys: Sequence[str] = ("train/loss", "eval/test/acc
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def predictions_figure(images: Sequence[np.ndarray], probs: np.ndarray, labels: Sequence[int],
+                       class_names: Sequence[str] | None = None):
+    """A matplotlib figure: each image titled with its predicted class and probability, green when
+    right and red when wrong. images: raw (H, W, C) or (H, W) pixels; probs (B, K); labels (B,)."""
+    import matplotlib.pyplot as plt
+
+    probs = np.asarray(probs)
+    if len(images) != len(probs) or len(labels) != len(probs):
+        raise ValueError(f"{len(images)} images, {len(probs)} rows of probabilities and {len(labels)} "
+                         "labels; give one of each per example.")
+    names = list(class_names) if class_names is not None else [str(k) for k in range(probs.shape[-1])]
+    fig, axes = plt.subplots(1, len(images), figsize=(1.5 * len(images), 2.0), squeeze=False)
+    for ax, image, p, label in zip(axes[0], images, probs, labels):
+        image = np.asarray(image)
+        grey = image.ndim == 2 or image.shape[-1] == 1
+        ax.imshow(image.reshape(image.shape[:2]) if grey else image, cmap="gray" if grey else None)
+        k = int(p.argmax())
+        ax.set_title(f"{names[k]}\n{p[k]:.0%}", color="green" if k == int(label) else "red", fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     return fig

@@ -38,9 +38,33 @@ class Run:
     @property
     def variables(self) -> dict:
         """{"params": ...[, "batch_stats": ...]} for `run.model.apply` (supervised runs); a
-        pre-training run's backbone variables via evaluate.backbone.run_params instead."""
+        pre-training run's backbone: `backbone_variables`."""
         stats = {k: v for k, v in (self.extra or {}).items() if k == "batch_stats"}
         return {"params": self.params, **stats}
+
+    @property
+    def backbone_variables(self) -> dict:
+        """{"params": ...} of the backbone a downstream task starts from: the EMA teacher's of a
+        DINO/EsViT run (as evaluate.backbone.run_params), else the trained params' backbone."""
+        from vit_jax.evaluate.backbone import backbone_of
+        teacher = (self.extra or {}).get("ema_teacher")
+        return {"params": backbone_of(teacher["params"] if teacher else self.params)}
+
+    def source(self, split: str | None = None):
+        """The run's data (config.data.name) for `split`: by default its eval split, else train."""
+        from vit_jax import validate
+        from vit_jax.data import sources
+        data = self.config.data
+        return sources.get_source(data.name, split or data.eval_split or data.train_split,
+                                  **validate.source_kwargs(data))
+
+    def predict(self, examples: list[dict]) -> np.ndarray:
+        """Class probabilities (B, K) of raw examples, for a supervised (fine-tuning) run."""
+        if self.config.objective != "supervised":
+            raise ValueError(f"{self.workdir} is a {self.config.objective!r} run; predict needs a "
+                             "supervised one (train or fine-tune a classifier first).")
+        logits, _ = self.model.apply(self.variables, self.images(examples))
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
 
     def images(self, examples: list[dict]) -> np.ndarray:
         """Raw examples (uint8 images) -> the (B, H, W, C) float32 batch the model expects."""
