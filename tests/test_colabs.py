@@ -107,20 +107,12 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         _assert_png(os.path.join(out, picture))
 
 
-def _mae_sincos(num_patches: int, dim: int):
-    """HF ViTMAE's fixed 2-D sin-cos table (1, 1 + L, D), halves in its [w | h] order."""
-    import torch
-    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
-
-    side = int(round(num_patches ** 0.5))
-    table = build_2d_sinusoidal_position_embedding(side, side, dim, cls_token=True)
-    return torch.cat([table[..., dim // 2:], table[..., :dim // 2]], dim=-1)[None]
-
-
 def test_mae_notebook_with_hugging_face_folder(tmp_path, monkeypatch):
     """The HF_MAE_FOLDER branch: a tiny random ViTMAEForPreTraining saved with save_pretrained."""
     import torch
     import transformers
+
+    from tests.hf_parity import mae_sincos
     cfg = transformers.ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
                                     decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
@@ -129,7 +121,7 @@ def test_mae_notebook_with_hugging_face_folder(tmp_path, monkeypatch):
     with torch.no_grad():   # the fixed sin-cos tables of a trained MAE (random init may leave zeros)
         for name, p in model.named_parameters():
             if name.endswith(("position_embeddings", "decoder_pos_embed")):
-                p.copy_(_mae_sincos(p.shape[1] - 1, p.shape[2]))
+                p.copy_(mae_sincos(p.shape[1] - 1, p.shape[2]))
     folder = tmp_path / "hf_mae"
     model.save_pretrained(folder)
     out = _execute("mae_visualize.ipynb", tmp_path, monkeypatch, VIT_JAX_HF_MAE_FOLDER=str(folder))

@@ -8,7 +8,6 @@ other (also non-square) ones, where both sides resize the position embeddings bi
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,17 @@ import pytest
 
 import torch
 
-from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig,  # noqa: E402
+from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig,
                           CLIPVisionModel, CLIPVisionModelWithProjection, Dinov2Config,
                           Dinov2Model)
 
-from vit_jax import convert  # noqa: E402
-from vit_jax.convert import ConversionError  # noqa: E402
-from vit_jax.convert.hf_dinov2 import dinov2_canonical, dinov2_params, dinov2_vit  # noqa: E402
-from vit_jax.convert.weights import StateDict, dummy_images, finish, read_hf_weights  # noqa: E402
-from vit_jax.models.vit import ViT  # noqa: E402
+from tests.hf_parity import close, copy_with_config, images, perturb, save
+from vit_jax import convert
+from vit_jax.convert import ConversionError
+from vit_jax.convert.hf_dinov2 import dinov2_canonical, dinov2_params, dinov2_vit
+from vit_jax.convert.weights import StateDict, dummy_images, finish, read_hf_weights
+from vit_jax.models.vit import ViT
 
-ATOL = 1e-4
 CLIP_BASE = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
                  num_channels=3, image_size=28, patch_size=7, layer_norm_eps=1e-4)
 # (height, width) in pixels: the stored 4x4 grid, a larger one, a non-square mixed one.
@@ -41,51 +40,14 @@ DINO_SIZES = [(42, 42), (56, 56), (35, 63)]
 
 # ----------------------------------------------------------------------------- helpers
 
-def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values everywhere (LayerNorm 1/0, zero biases and constant layer scales would
-    hide swapped or dropped tensors)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lambda1"):  # layer scale around layerscale_value
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _images(seed: int, size: tuple[int, int], batch: int = 2) -> tuple[np.ndarray, torch.Tensor]:
-    """(NHWC numpy for vit_jax, NCHW torch for HF) of the same pixels."""
-    x = np.random.default_rng(seed).normal(size=(batch, *size, 3)).astype(np.float32)
-    return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-
-
-def _close(ours: Any, theirs: Any, atol: float = ATOL) -> float:
-    a = np.asarray(ours, np.float32)
-    b = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs, np.float32)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    diff = float(np.abs(a - b).max())
-    print(f"max |diff| {diff:.3g}")
-    assert diff < atol, diff
-    return diff
-
-
 def _run_hf(model: torch.nn.Module, sizes: list[tuple[int, int]], **kwargs: Any) -> dict:
     """HF outputs for each image size: {size: (NHWC images, model output)}."""
     out = {}
     with torch.no_grad():
         for i, size in enumerate(sizes):
-            x, xt = _images(i, size)
+            x, xt = images(i, size)
             out[size] = (x, model(xt, **kwargs))
     return out
-
-
-def _copy_with_config(src: Path, dst: Path, **changes: Any) -> Path:
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(changes)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 # ----------------------------------------------------------------------------- HF fixtures
@@ -94,9 +56,8 @@ def _copy_with_config(src: Path, dst: Path, **changes: Any) -> Path:
 def clip_vision(tmp_path_factory) -> dict:
     """CLIPVisionModel, 28px / patch 7, quick_gelu (HF's default), eps 1e-4."""
     torch.manual_seed(0)
-    model = _perturb(CLIPVisionModel(CLIPVisionConfig(projection_dim=24, **CLIP_BASE)), 1)
-    folder = tmp_path_factory.mktemp("clip_vision")
-    model.save_pretrained(folder)
+    model = perturb(CLIPVisionModel(CLIPVisionConfig(projection_dim=24, **CLIP_BASE)), 1)
+    folder = save(model, tmp_path_factory.mktemp("clip_vision"))
     return dict(model=model, folder=folder,
                 outs=_run_hf(model, CLIP_SIZES, interpolate_pos_encoding=True))
 
@@ -106,9 +67,8 @@ def clip_proj(tmp_path_factory) -> dict:
     """CLIPVisionModelWithProjection, projection_dim 24, exact gelu."""
     torch.manual_seed(1)
     cfg = CLIPVisionConfig(projection_dim=24, **{**CLIP_BASE, "hidden_act": "gelu"})
-    model = _perturb(CLIPVisionModelWithProjection(cfg), 2)
-    folder = tmp_path_factory.mktemp("clip_proj")
-    model.save_pretrained(folder)
+    model = perturb(CLIPVisionModelWithProjection(cfg), 2)
+    folder = save(model, tmp_path_factory.mktemp("clip_proj"))
     return dict(model=model, folder=folder,
                 outs=_run_hf(model, CLIP_SIZES, interpolate_pos_encoding=True))
 
@@ -117,9 +77,9 @@ def clip_proj(tmp_path_factory) -> dict:
 def dinov2(tmp_path_factory) -> dict:
     """Dinov2Model, 42px / patch 7, mlp_ratio 2, eps 1e-5, layer scales around 0.5."""
     torch.manual_seed(2)
-    model = _perturb(Dinov2Model(Dinov2Config(**DINO_BASE)), 3)
-    folder = tmp_path_factory.mktemp("dinov2")
-    model.save_pretrained(folder)
+    # the layer scales (lambda1, around layerscale_value) get more noise: they must matter
+    model = perturb(Dinov2Model(Dinov2Config(**DINO_BASE)), 3, scales={"lambda1": 0.3})
+    folder = save(model, tmp_path_factory.mktemp("dinov2"))
     return dict(model=model, folder=folder, outs=_run_hf(model, DINO_SIZES))
 
 
@@ -138,8 +98,8 @@ def test_clip_vision_model(clip_vision, size):
     assert prm["cls_token"].shape == (1, 1, 48) and prm["pos_embed"].shape == (1, 17, 48)
     x, hf = clip_vision["outs"][size]
     out, aux = module.apply(variables, jnp.asarray(x))
-    _close(aux["encoded"], hf.last_hidden_state)
-    _close(out, hf.pooler_output)
+    close(aux["encoded"], hf.last_hidden_state)
+    close(out, hf.pooler_output)
 
 
 @pytest.mark.parametrize("size", CLIP_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -149,21 +109,21 @@ def test_clip_vision_model_with_projection(clip_proj, size):
     assert set(variables["params"]["head"]) == {"kernel"}
     x, hf = clip_proj["outs"][size]
     out, aux = module.apply(variables, jnp.asarray(x))
-    _close(aux["encoded"], hf.last_hidden_state)
-    _close(out, hf.image_embeds)
+    close(aux["encoded"], hf.last_hidden_state)
+    close(out, hf.image_embeds)
 
 
 def test_clip_transformers4_layout(clip_vision, tmp_path):
     """transformers 4 files: every key under `vision_model.`, plus the position_ids buffer."""
     from safetensors.numpy import load_file, save_file
-    folder = _copy_with_config(clip_vision["folder"], tmp_path / "m")
+    folder = copy_with_config(clip_vision["folder"], tmp_path / "m")
     tensors = {f"vision_model.{k}": v
                for k, v in load_file(str(folder / "model.safetensors")).items()}
     tensors["vision_model.embeddings.position_ids"] = np.arange(17, dtype=np.int64)[None]
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     module, variables = convert.load_hf(folder)
     x, hf = clip_vision["outs"][(28, 28)]
-    _close(module.apply(variables, jnp.asarray(x))[0], hf.pooler_output)
+    close(module.apply(variables, jnp.asarray(x))[0], hf.pooler_output)
 
 
 def test_clip_model_folder_gives_image_features(tmp_path):
@@ -175,14 +135,14 @@ def test_clip_model_folder_gives_image_features(tmp_path):
                                                 bos_token_id=0, eos_token_id=2,
                                                 pad_token_id=1).to_dict(),
                      vision_config=CLIPVisionConfig(**CLIP_BASE).to_dict(), projection_dim=20)
-    model = _perturb(CLIPModel(cfg), 4)
+    model = perturb(CLIPModel(cfg), 4)
     model.save_pretrained(tmp_path)
-    x, xt = _images(5, (42, 42))
+    x, xt = images(5, (42, 42))
     with torch.no_grad():
         feats = model.get_image_features(xt, interpolate_pos_encoding=True).pooler_output
     module, variables = convert.load_hf(tmp_path)
     assert module.num_classes == 20 and module.width == 48 and module.layer_norm_eps == 1e-4
-    _close(module.apply(variables, jnp.asarray(x))[0], feats)
+    close(module.apply(variables, jnp.asarray(x))[0], feats)
 
 
 def test_clip_like_vit_cannot_be_saved_as_hf_vit(clip_proj, tmp_path):
@@ -222,8 +182,8 @@ def test_dinov2_model(dinov2, size):
         gamma, dinov2["model"].encoder.layer[2].layer_scale2.lambda1.detach().numpy())
     x, hf = dinov2["outs"][size]
     out, aux = module.apply(variables, jnp.asarray(x))
-    _close(aux["encoded"], hf.last_hidden_state)
-    _close(out, hf.pooler_output)
+    close(aux["encoded"], hf.last_hidden_state)
+    close(out, hf.pooler_output)
 
 
 def test_dinov2_raw_state_dict_and_scan(dinov2, tmp_path):
@@ -236,7 +196,7 @@ def test_dinov2_raw_state_dict_and_scan(dinov2, tmp_path):
     assert module.scan and "blocks" in variables["params"]
     x, hf = dinov2["outs"][(56, 56)]
     _, aux = module.apply(variables, jnp.asarray(x))
-    _close(aux["encoded"], hf.last_hidden_state)
+    close(aux["encoded"], hf.last_hidden_state)
 
 
 def test_dinov2_reusable_mapping_with_prefix(dinov2):
@@ -248,18 +208,18 @@ def test_dinov2_reusable_mapping_with_prefix(dinov2):
     module, variables = finish(module, dinov2_params(sd, module.depth),
                                (dummy_images(module),), {}, "teacher", {})
     x, hf = dinov2["outs"][(42, 42)]
-    _close(module.apply(variables, jnp.asarray(x))[0], hf.pooler_output)
+    close(module.apply(variables, jnp.asarray(x))[0], hf.pooler_output)
 
 
 def test_dinov2_swiglu_refused(dinov2, tmp_path):
-    folder = _copy_with_config(dinov2["folder"], tmp_path / "m", use_swiglu_ffn=True)
+    folder = copy_with_config(dinov2["folder"], tmp_path / "m", use_swiglu_ffn=True)
     with pytest.raises(ConversionError, match="SwiGLU"):
         convert.load_hf(folder)
 
 
 def test_dinov2_missing_layer_scale_is_reported(dinov2, tmp_path):
     from safetensors.numpy import load_file, save_file
-    folder = _copy_with_config(dinov2["folder"], tmp_path / "m")
+    folder = copy_with_config(dinov2["folder"], tmp_path / "m")
     tensors = load_file(str(folder / "model.safetensors"))
     del tensors["encoder.layer.1.layer_scale1.lambda1"]
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.hf_parity import copy_with_config, images, save
 from vit_jax import convert, models
 from vit_jax.convert import ConversionError
 from vit_jax.convert.hf_cvt import save_cvt_hf
@@ -37,7 +36,8 @@ def _hf_config(**kw):
 
 def _perturb(model, seed: int) -> None:
     """Random non-trivial norms, biases and BatchNorm running stats: a swapped or
-    mis-mapped tensor then changes the outputs."""
+    mis-mapped tensor then changes the outputs.  (Not tests.hf_parity.perturb: this one sets
+    buffers as well as parameters, draws per kind of tensor and leaves the weights at init.)"""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -51,18 +51,9 @@ def _perturb(model, seed: int) -> None:
                 t.copy_(1.0 + torch.randn(t.shape, generator=g) * 0.2)
 
 
-def _save(model, folder: Path) -> Path:
-    model.save_pretrained(str(folder))
-    return folder
-
-
-def _images(seed: int, size: int, batch: int = 2) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
-
-
-def _hf(model, x: np.ndarray, **kw):
+def _hf(model, xt: torch.Tensor, **kw):
     with torch.no_grad():
-        return model(torch.from_numpy(x.transpose(0, 3, 1, 2)), output_hidden_states=True, **kw)
+        return model(xt, output_hidden_states=True, **kw)
 
 
 def _apply(module, variables, x):
@@ -85,7 +76,7 @@ def hf_cls(tmp_path_factory):
     torch.manual_seed(0)
     model = transformers.CvtForImageClassification(_hf_config()).eval()
     _perturb(model, 1)
-    folder = _save(model, tmp_path_factory.mktemp("cvt_cls"))
+    folder = save(model, tmp_path_factory.mktemp("cvt_cls"))
     return model, folder, convert.load_hf(folder)
 
 
@@ -94,7 +85,7 @@ def hf_model(tmp_path_factory):
     torch.manual_seed(1)
     model = transformers.CvtModel(_hf_config(embed_dim=[8, 24, 36], num_heads=[2, 3, 4])).eval()
     _perturb(model, 2)
-    folder = _save(model, tmp_path_factory.mktemp("cvt_model"))
+    folder = save(model, tmp_path_factory.mktemp("cvt_model"))
     return model, folder, convert.load_hf(folder)
 
 
@@ -117,8 +108,8 @@ def test_registry():
 def test_classification_parity(hf_cls, size):
     model, _, (module, variables) = hf_cls
     assert set(variables) == {"params", "batch_stats"}
-    x = _images(size, size)
-    ref = _hf(model, x)
+    x, xt = images(size, size)
+    ref = _hf(model, xt)
     out, aux = _apply(module, variables, x)
     assert out.shape == (2, 5)
     assert _maxdiff(out, ref.logits) <= ATOL
@@ -135,8 +126,8 @@ def test_classification_parity(hf_cls, size):
 def test_cvt_model_parity(hf_model, size):
     model, _, (module, variables) = hf_model
     assert module.num_classes == 0 and not module.final_norm
-    x = _images(10 + size, size)
-    ref = _hf(model, x)
+    x, xt = images(10 + size, size)
+    ref = _hf(model, xt)
     out, aux = _apply(module, variables, x)
     b, c, h, w = ref.last_hidden_state.shape
     want = np.concatenate([ref.cls_token_value.numpy(),
@@ -153,19 +144,19 @@ def test_no_class_token_mean_pools(tmp_path):
     model = transformers.CvtForImageClassification(
         _hf_config(cls_token=[False, False, False], num_labels=3)).eval()
     _perturb(model, 3)
-    module, variables = convert.load_hf(_save(model, tmp_path))
-    x = _images(5, 72, batch=1)
+    module, variables = convert.load_hf(save(model, tmp_path))
+    x, xt = images(5, 72, batch=1)
     out, aux = _apply(module, variables, x)
     assert aux["encoded"].shape == (1, 5 * 5, 48)          # no class token
-    assert _maxdiff(out, _hf(model, x).logits) <= ATOL
+    assert _maxdiff(out, _hf(model, xt).logits) <= ATOL
 
 
 def test_train_mode_updates_batch_stats_like_torch(hf_cls):
     model, _, (module, variables) = hf_cls
-    x = _images(3, 64)
+    x, xt = images(3, 64)
     hf_train = copy.deepcopy(model).train()                 # all dropout / drop-path rates are 0
     with torch.no_grad():
-        ref = hf_train(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+        ref = hf_train(xt)
     (out, _), updates = jax.jit(functools.partial(module.apply, train=True,
                                                   mutable=["batch_stats"]))(variables, x)
     assert _maxdiff(out, ref.logits) <= ATOL                # batch statistics, not running ones
@@ -210,30 +201,23 @@ def test_too_small_input_raises():
 
 def test_conversion_errors(hf_cls, tmp_path):
     _, folder, _ = hf_cls
-    cfg = json.loads((folder / "config.json").read_text())
     # unsupported projection method
-    bad = tmp_path / "avg"
-    bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({**cfg, "qkv_projection_method": ["avg"] * 3}))
-    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    bad = copy_with_config(folder, tmp_path / "avg", qkv_projection_method=["avg"] * 3)
     with pytest.raises(ConversionError, match="dw_bn"):
         convert.load_hf(bad)
     # a missing running statistic is named
     from safetensors.numpy import load_file, save_file
-    tensors = load_file(str(folder / "model.safetensors"))
+    miss = copy_with_config(folder, tmp_path / "miss")
+    tensors = load_file(str(miss / "model.safetensors"))
     key = next(k for k in tensors if k.endswith("running_var"))
     del tensors[key]
-    miss = tmp_path / "miss"
-    miss.mkdir()
-    (miss / "config.json").write_text(json.dumps(cfg))
     save_file(tensors, str(miss / "model.safetensors"))
     with pytest.raises(ConversionError, match="running_var"):
         convert.load_hf(miss)
     # config disagreeing with the weights (depth) names the key
-    (miss / "config.json").write_text(json.dumps({**cfg, "depth": [1, 2, 2]}))
-    save_file(load_file(str(folder / "model.safetensors")), str(miss / "model.safetensors"))
+    deep = copy_with_config(folder, tmp_path / "depth", depth=[1, 2, 2])
     with pytest.raises(ConversionError, match="unused"):
-        convert.load_hf(miss)
+        convert.load_hf(deep)
 
 
 # ----------------------------------------------------------------------------- export
@@ -263,8 +247,8 @@ def test_save_backbone(hf_model, tmp_path, final_norm):
     folder = save_cvt_hf(module, variables, tmp_path / "out")
     cls = transformers.CvtForImageClassification if final_norm else transformers.CvtModel
     back = cls.from_pretrained(str(folder)).eval()
-    x = _images(7, 64)
-    ref = _hf(back, x)
+    x, xt = images(7, 64)
+    ref = _hf(back, xt)
     out, aux = _apply(module, variables, x)
     want = ref.logits if final_norm else ref.cls_token_value[:, 0]
     assert _maxdiff(out, want) <= ATOL

@@ -18,8 +18,6 @@ import pytest
 from vit_jax import models
 from vit_jax.models.swin import Swin, effective_window, relative_position_index, shift_mask
 
-ATOL = 1e-4
-
 # (name, HF config overrides, image size): every case uses windows that fit every stage
 # (transformers 5.x cannot clamp a window, see hf_swin), with padding where noted.
 HF_CASES = {
@@ -64,31 +62,11 @@ def test_relative_index_and_mask() -> None:
 # ----------------------------------------------------------------------------- HF parity
 
 import torch
-import transformers
 from transformers import SwinConfig, SwinForImageClassification, SwinModel  # noqa: E402
 
+from tests.hf_parity import close, copy_with_config, images, perturb, save  # noqa: E402
 from vit_jax import convert  # noqa: E402
 from vit_jax.convert import ConversionError  # noqa: E402
-from vit_jax.convert.hf_swin import save_swin_hf  # noqa: E402
-
-
-def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _images(seed: int, size: int, batch: int = 2) -> tuple[np.ndarray, torch.Tensor]:
-    x = np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
-    return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-
-
-def _close(ours: Any, theirs: torch.Tensor) -> None:
-    a, b = np.asarray(ours, np.float32), theirs.detach().numpy()
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert np.abs(a - b).max() < ATOL, np.abs(a - b).max()
 
 
 @pytest.fixture(scope="module", params=sorted(HF_CASES))
@@ -97,13 +75,12 @@ def hf_case(request: Any, tmp_path_factory: Any) -> dict[str, Any]:
     kw, size = HF_CASES[request.param]
     root = tmp_path_factory.mktemp(f"swin_{request.param}")
     cfg = SwinConfig(image_size=size, patch_size=4, num_labels=5, **kw)
-    x, xt = _images(1, size)
-    out: dict[str, Any] = {"x": x, "size": size, "root": root}
+    x, xt = images(1, size)
+    out: dict[str, Any] = {"x": x, "xt": xt, "size": size, "root": root}
     for arch, seed in ((SwinModel, 0), (SwinForImageClassification, 1)):
         torch.manual_seed(seed)
-        hf = _perturb(arch(cfg), seed)
-        folder = root / arch.__name__
-        hf.save_pretrained(folder)
+        hf = perturb(arch(cfg), seed, scale=0.2)
+        folder = save(hf, root / arch.__name__)
         with torch.no_grad():
             ref = hf(xt)
         module, variables = convert.load_hf(folder)
@@ -116,14 +93,14 @@ def hf_case(request: Any, tmp_path_factory: Any) -> dict[str, Any]:
 def test_hf_swin_model(hf_case: dict[str, Any]) -> None:
     r = hf_case["SwinModel"]
     assert r["module"].num_classes == 0
-    _close(r["aux"]["encoded"], r["ref"].last_hidden_state)
-    _close(r["out"], r["ref"].pooler_output)
+    close(r["aux"]["encoded"], r["ref"].last_hidden_state)
+    close(r["out"], r["ref"].pooler_output)
 
 
 def test_hf_swin_classifier(hf_case: dict[str, Any]) -> None:
     r = hf_case["SwinForImageClassification"]
     assert r["module"].num_classes == 5
-    _close(r["out"], r["ref"].logits)
+    close(r["out"], r["ref"].logits)
     stages = r["aux"]["stages"]
     assert len(stages) == len(r["module"].depths)
     b, h, w, c = stages[-1].shape
@@ -149,23 +126,16 @@ def test_save_hf_round_trip(hf_case: dict[str, Any], tmp_path: Path) -> None:
     folder = convert.save_hf(r["module"], r["variables"], tmp_path / "export")
     hf = SwinForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        _close(r["out"], hf(torch.from_numpy(hf_case["x"].transpose(0, 3, 1, 2).copy())).logits)
+        close(r["out"], hf(hf_case["xt"]).logits)
 
 
 def test_conversion_errors(hf_case: dict[str, Any], tmp_path: Path) -> None:
-    import json
-    import shutil
-    src = hf_case["SwinModel"]["folder"]
-    folder = tmp_path / "bad"
-    shutil.copytree(src, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["embed_dim"] = cfg["embed_dim"] * 2      # config no longer matches the weights
-    (folder / "config.json").write_text(json.dumps(cfg))
+    r = hf_case["SwinModel"]
+    wide = 2 * r["hf"].config.embed_dim          # a config that no longer matches the weights
+    folder = copy_with_config(r["folder"], tmp_path / "wide", embed_dim=wide)
     with pytest.raises(ConversionError, match="shape mismatch"):
         convert.load_hf(folder)
-    cfg["embed_dim"] //= 2
-    cfg["use_absolute_embeddings"] = True
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder = copy_with_config(r["folder"], tmp_path / "abs", use_absolute_embeddings=True)
     with pytest.raises(ConversionError, match="use_absolute_embeddings"):
         convert.load_hf(folder)
 
