@@ -69,13 +69,24 @@ OUT = os.environ.get("VIT_JAX_COLAB_OUT", "colab_outputs")   # workdirs and the 
 '''
 
 SHOW = '''\
+# Pictures are saved as PNG files under OUT (what the README links to) and shown inline.
+import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import Image, display
+
+from vit_jax import viz
 
 os.makedirs(OUT, exist_ok=True)
 
 
-def show(path):
-    """Displays a saved PNG inline (the file is what the README links to)."""
+def save_and_show(picture, name):
+    """A matplotlib figure or a uint8 (H, W, 3) array -> OUT/name, displayed."""
+    path = os.path.join(OUT, name)
+    if isinstance(picture, np.ndarray):
+        viz.save_png(picture, path)
+    else:
+        picture.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(picture)
     display(Image(filename=path))
     print(path)'''
 
@@ -138,20 +149,12 @@ final = train.run(config, WORKDIR)
 print({k: round(v, 4) for k, v in final.items()})'''),
     new_markdown_cell("## Curves\n\nEvery row of `metrics.jsonl` is one log or evaluation step."),
     new_code_cell('''\
-import matplotlib.pyplot as plt
-
-from vit_jax import viz
-
-fig = viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/test/accuracy"))
-fig.savefig(os.path.join(OUT, "quickstart_curves.png"), dpi=100)
-plt.close(fig)
-show(os.path.join(OUT, "quickstart_curves.png"))'''),
+save_and_show(viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/test/accuracy")),
+              "quickstart_curves.png")'''),
     new_markdown_cell("## Inference on test digits\n\n`load_run` rebuilds the network from the "
                       "workdir's `config.json` and reads the latest checkpoint; `run.predict` "
                       "applies the run's eval transform to raw images and returns class probabilities."),
     new_code_cell('''\
-import numpy as np
-
 from vit_jax.evaluate.run import load_run
 
 run = load_run(WORKDIR)
@@ -160,9 +163,7 @@ examples = [test[int(i)] for i in np.linspace(0, len(test) - 1, 10)]
 probs = run.predict(examples)                                         # (10, 10) class probabilities
 
 fig = viz.predictions_figure([e["image"] for e in examples], probs, [e["label"] for e in examples])
-fig.savefig(os.path.join(OUT, "quickstart_predictions.png"), dpi=100, bbox_inches="tight")
-plt.close(fig)
-show(os.path.join(OUT, "quickstart_predictions.png"))
+save_and_show(fig, "quickstart_predictions.png")
 print("predicted:", probs.argmax(-1).tolist(), " true:", [e["label"] for e in examples])'''),
 ]
 
@@ -205,8 +206,6 @@ if not (MAE_WORKDIR or HF_MAE_FOLDER):
                       "`vit_jax.models.mae.MAE`; `images` are normalised as the model expects, "
                       "`mean` / `std` turn them back into pixels."),
     new_code_cell('''\
-import numpy as np
-
 from vit_jax import convert
 from vit_jax.data import transforms
 
@@ -235,9 +234,6 @@ print(type(module).__name__, "patch", module.patch_size, "images", images.shape)
                       "visualisation."),
     new_code_cell('''\
 import jax
-import matplotlib.pyplot as plt
-
-from vit_jax import viz
 
 gh, gw = module.encoder.base_grid
 noise = jax.random.uniform(jax.random.key(0), (len(images), gh * gw))
@@ -248,9 +244,7 @@ for ax, ratio in zip(axes, MASK_RATIOS):
                            module.norm_pix_loss))
     ax.set_title(f"mask {ratio:.0%} (loss {float(out['loss']):.3f})\\noriginal | masked | reconstruction")
     ax.axis("off")
-fig.savefig(os.path.join(OUT, "mae_reconstructions.png"), dpi=100, bbox_inches="tight")
-plt.close(fig)
-show(os.path.join(OUT, "mae_reconstructions.png"))'''),
+save_and_show(fig, "mae_reconstructions.png")'''),
 ]
 
 # ------------------------------------------------------------------------------------ attention
@@ -295,9 +289,6 @@ if not ESVIT_WORKDIR:
                       "would start from (an EsViT/DINO run's EMA teacher, an MAE run's encoder, "
                       "a supervised run's network)."),
     new_code_cell('''\
-import numpy as np
-
-from vit_jax import viz
 from vit_jax.data import transforms
 from vit_jax.evaluate import attention
 from vit_jax.evaluate.run import load_run
@@ -314,11 +305,9 @@ maps = [attention.attention_rollout(weights, model)[:, None]]
 if model.class_token:
     maps.insert(0, attention.cls_attention(weights[-1], model))   # (B, heads, h, w), last block
 mean, std = transforms.normalization_stats(vit_run.config.data.eval_transform)
-viz.save_png(viz.attention_picture(images, np.concatenate(maps, axis=1), mean, std),
-             os.path.join(OUT, "vit_attention.png"))
 print(f"{vit_run.workdir} ({which}): columns = image | "
       + ("last block, class token, one map per head | " if model.class_token else "") + "rollout")
-show(os.path.join(OUT, "vit_attention.png"))'''),
+save_and_show(viz.attention_picture(images, np.concatenate(maps, axis=1), mean, std), "vit_attention.png")'''),
     new_markdown_cell("## Region correspondences\n\nTwo global crops (fixed seed) of two test "
                       "digits; each line joins a teacher token of the left view to its most "
                       "similar token of the right view, for the 10 most similar pairs (colours "
@@ -328,8 +317,7 @@ esvit_run = vit_run if vit_run.workdir == ESVIT_WORKDIR else load_run(ESVIT_WORK
 teacher = esvit_run.extra["ema_teacher"]
 pictures = [esvit_run.objective.correspondence_image(teacher, e, seed=0) for e in examples[:2]]
 gap = np.full((16,) + pictures[0].shape[1:], 255, np.uint8)
-viz.save_png(np.concatenate([pictures[0], gap, pictures[1]]), os.path.join(OUT, "esvit_correspondences.png"))
-show(os.path.join(OUT, "esvit_correspondences.png"))'''),
+save_and_show(np.concatenate([pictures[0], gap, pictures[1]]), "esvit_correspondences.png")'''),
 ]
 
 # ------------------------------------------------------------------------------------ fine-tune
@@ -357,9 +345,6 @@ EVAL_TRANSFORM = "to_gray|resize((28, 28))|normalize('mnist')"'''),
                       "`train/digit_K/` and `test/digit_K/` (20 + 5 per class with SMALL, "
                       "200 + 50 otherwise)."),
     new_code_cell('''\
-import numpy as np
-
-from vit_jax import viz
 from vit_jax.data import sources
 
 if not DATA_DIR:
@@ -408,22 +393,16 @@ final = train.run(config, WORKDIR)
 print({k: round(v, 4) for k, v in final.items()})'''),
     new_markdown_cell("## Curves and predictions on the test images"),
     new_code_cell('''\
-import matplotlib.pyplot as plt
-
 from vit_jax.evaluate.run import load_run
 
-fig = viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/test/accuracy"))
-fig.savefig(os.path.join(OUT, "finetune_curves.png"), dpi=100)
-plt.close(fig)
-show(os.path.join(OUT, "finetune_curves.png"))
+save_and_show(viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/test/accuracy")),
+              "finetune_curves.png")
 
 run = load_run(WORKDIR)
 examples = [test_folder[int(i)] for i in np.linspace(0, len(test_folder) - 1, 10)]
 fig = viz.predictions_figure([e["image"] for e in examples], run.predict(examples),
                              [e["label"] for e in examples], test_folder.classes)
-fig.savefig(os.path.join(OUT, "finetune_predictions.png"), dpi=100, bbox_inches="tight")
-plt.close(fig)
-show(os.path.join(OUT, "finetune_predictions.png"))'''),
+save_and_show(fig, "finetune_predictions.png")'''),
 ]
 
 NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "mae_visualize.ipynb": MAE_NB,
