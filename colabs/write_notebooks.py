@@ -88,7 +88,16 @@ def save_and_show(picture, name):
         picture.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(picture)
     display(Image(filename=path))
-    print(path)'''
+    print(path)
+
+
+def few_steps(config, steps, batch_size=32, evals=1):
+    """The SMALL setting of a run: `steps` steps of `batch_size` images and `evals` evaluations
+    (0: only the final one), quiet logs. It checks the plumbing, not the accuracy."""
+    config.total_steps, config.batch_size = steps, batch_size
+    config.optim.warmup_steps = max(steps // 10, 1)
+    config.eval_every = config.checkpoint_every = steps // evals if evals else 0
+    config.log_every, config.progress = max(steps // 4, 1), False'''
 
 
 def title(name, text):
@@ -140,10 +149,8 @@ from vit_jax.config_base import load_config_file
 
 config = load_config_file(os.path.join(CONFIGS, "quickstart.py"))
 config.tensorboard = False
-if SMALL:   # 40 steps of 32 digits, evaluated twice: the plumbing, not the accuracy
-    config.total_steps, config.batch_size, config.optim.warmup_steps = 40, 32, 4
-    config.eval_every = config.checkpoint_every = 20
-    config.log_every, config.progress = 10, False
+if SMALL:
+    few_steps(config, 40, evals=2)
 WORKDIR = os.path.join(OUT, "quickstart_small" if SMALL else "quickstart")
 final = train.run(config, WORKDIR)
 print({k: round(v, 4) for k, v in final.items()})'''),
@@ -196,10 +203,8 @@ from vit_jax.config_base import load_config_file
 if not (MAE_WORKDIR or HF_MAE_FOLDER):
     config = load_config_file(os.path.join(CONFIGS, "mnist5k", "mae_pretrain.py"))
     config.tensorboard = False
-    if SMALL:   # 20 steps of 32 digits, one evaluation at the end
-        config.total_steps, config.batch_size, config.optim.warmup_steps = 20, 32, 2
-        config.eval_every = config.checkpoint_every = 0
-        config.log_every, config.progress = 10, False
+    if SMALL:
+        few_steps(config, 20, evals=0)
     MAE_WORKDIR = os.path.join(OUT, "mae_small" if SMALL else "mae")
     print(train.run(config, MAE_WORKDIR))'''),
     new_markdown_cell("## Load the MAE and a few images\n\n`module` is a "
@@ -277,12 +282,10 @@ from vit_jax.config_base import load_config_file
 if not ESVIT_WORKDIR:
     config = load_config_file(os.path.join(CONFIGS, "mnist5k", "esvit.py"), "vr,vit")
     config.tensorboard = False
-    if SMALL:   # 6 steps of 16 digits, 2 local crops, small heads, 2 blocks: the plumbing only
-        config.total_steps, config.batch_size, config.optim.warmup_steps = 6, 16, 1
+    if SMALL:   # also 2 local crops, small heads, 2 blocks
+        few_steps(config, 6, batch_size=16, evals=0)
         config.model.depth = 2
         config.esvit.update(dict(num_local=2, out_dim=256, hidden_dim=128, bottleneck_dim=64))
-        config.eval_every = config.checkpoint_every = 0
-        config.log_every, config.progress = 2, False
     ESVIT_WORKDIR = os.path.join(OUT, "esvit_small" if SMALL else "esvit")
     print(train.run(config, ESVIT_WORKDIR))'''),
     new_markdown_cell("## Attention maps\n\n`backbone_variables` is the backbone a downstream task "
@@ -366,11 +369,9 @@ from vit_jax.config_base import load_config_file
 if not INIT_FROM:
     config = load_config_file(os.path.join(CONFIGS, "mnist5k", "mae_pretrain.py"))
     config.tensorboard = False
-    if SMALL:   # 10 steps: a checkpoint to start from, not a useful one
-        config.total_steps, config.batch_size, config.optim.warmup_steps = 10, 32, 1
+    if SMALL:   # a checkpoint to start from, not a useful one
+        few_steps(config, 10, evals=0)
         config.data.eval_split = ""
-        config.eval_every = config.checkpoint_every = 0
-        config.log_every, config.progress = 5, False
     INIT_FROM = os.path.join(OUT, "mae_small" if SMALL else "mae")
     print(train.run(config, INIT_FROM))'''),
     new_markdown_cell("## Fine-tune on the folder"),
@@ -384,10 +385,8 @@ config.tensorboard = False
 steps = int(config.num_epochs * len(train_folder) / config.batch_size)
 config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 5, 1))
 config.log_every, config.eval_every = max(steps // 30, 1), max(steps // 5, 1)
-if SMALL:   # 30 steps of 32 images, evaluated twice
-    config.total_steps, config.batch_size, config.optim.warmup_steps = 30, 32, 3
-    config.eval_every = config.checkpoint_every = 15
-    config.log_every, config.progress = 5, False
+if SMALL:
+    few_steps(config, 30, evals=2)
 WORKDIR = os.path.join(OUT, "finetune_small" if SMALL else "finetune")
 final = train.run(config, WORKDIR)
 print({k: round(v, 4) for k, v in final.items()})'''),
