@@ -95,8 +95,10 @@ def few_steps(config, steps, batch_size=32, evals=1):
     """The SMALL setting of a run: `steps` steps of `batch_size` images and `evals` evaluations
     (0: only the final one), quiet logs. It checks the plumbing, not the accuracy."""
     config.total_steps, config.batch_size = steps, batch_size
-    config.optim.warmup_steps = max(steps // 10, 1)
-    config.eval_every = config.checkpoint_every = steps // evals if evals else 0
+    config.optim.update(dict(warmup_steps=max(steps // 10, 1), warmup_epochs=None, warmup_examples=None))
+    every = steps // evals if evals else 0
+    for key in ("eval_every", "checkpoint_every"):   # in steps here, whatever unit the recipe used
+        config.update({key: every, key + "_epochs": None, key + "_examples": None})
     config.log_every, config.progress = max(steps // 4, 1), False'''
 
 
@@ -162,7 +164,7 @@ save_and_show(viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/
                       "workdir's `config.json` and reads the latest checkpoint; `run.predict` "
                       "applies the run's eval transform to raw images and returns class probabilities."),
     new_code_cell('''\
-from vit_jax.evaluate.run import load_run
+from vit_jax.runs import load_run
 
 run = load_run(WORKDIR)
 test = run.source()                                                   # mnist5k's test split
@@ -225,7 +227,7 @@ if HF_MAE_FOLDER:
                        for photo in load_sample_images().images])
     mean, std = transforms.get_stats("imagenet")
 else:
-    from vit_jax.evaluate.run import load_run
+    from vit_jax.runs import load_run
 
     run = load_run(MAE_WORKDIR)
     module, variables = run.objective.model, {"params": run.params}
@@ -294,7 +296,7 @@ if not ESVIT_WORKDIR:
     new_code_cell('''\
 from vit_jax.data import transforms
 from vit_jax.evaluate import attention
-from vit_jax.evaluate.run import load_run
+from vit_jax.runs import load_run
 
 vit_run = load_run(VIT_WORKDIR or ESVIT_WORKDIR)
 model, variables = vit_run.model, vit_run.backbone_variables
@@ -317,7 +319,7 @@ save_and_show(viz.attention_picture(images, np.concatenate(maps, axis=1), mean, 
                       "only tell the pairs apart)."),
     new_code_cell('''\
 esvit_run = vit_run if vit_run.workdir == ESVIT_WORKDIR else load_run(ESVIT_WORKDIR)
-teacher = esvit_run.extra["ema_teacher"]
+teacher = esvit_run.backbone_variables      # a DINO / EsViT run's backbone is its EMA teacher
 pictures = [esvit_run.objective.correspondence_image(teacher, e, seed=0) for e in examples[:2]]
 gap = np.full((16,) + pictures[0].shape[1:], 255, np.uint8)
 save_and_show(np.concatenate([pictures[0], gap, pictures[1]]), "esvit_correspondences.png")'''),
@@ -381,10 +383,9 @@ config.data.name = "folder:" + os.path.abspath(DATA_DIR)
 config.data.train_split, config.data.eval_split = "train", "test"
 config.data.train_transform, config.data.eval_transform = TRAIN_TRANSFORM, EVAL_TRANSFORM
 config.tensorboard = False
-# the recipe's step counts are mnist5k's (4,000 images): fit warm-up, logging and evaluation to this folder
-steps = int(config.num_epochs * len(train_folder) / config.batch_size)
-config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 5, 1))
-config.log_every, config.eval_every = max(steps // 30, 1), max(steps // 5, 1)
+# the recipe's durations are in epochs (they fit any folder) except its warm-up, 60 mnist5k steps
+config.optim.warmup_steps, config.optim.warmup_epochs = None, 2
+config.log_every = 20
 if SMALL:
     few_steps(config, 30, evals=2)
 WORKDIR = os.path.join(OUT, "finetune_small" if SMALL else "finetune")
@@ -392,7 +393,7 @@ final = train.run(config, WORKDIR)
 print({k: round(v, 4) for k, v in final.items()})'''),
     new_markdown_cell("## Curves and predictions on the test images"),
     new_code_cell('''\
-from vit_jax.evaluate.run import load_run
+from vit_jax.runs import load_run
 
 save_and_show(viz.curves_figure(WORKDIR, ("train/loss", "eval/test/loss", "eval/test/accuracy")),
               "finetune_curves.png")

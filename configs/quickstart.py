@@ -6,6 +6,7 @@ ViT with 7x7 patches (16 tokens + class token), width 128, depth 6, 4 heads: 0.8
 Random 2-pixel shifts, label smoothing 0.1, AdamW with warmup + cosine, 30 epochs.
 Measured on the 2-core CPU machine: see the README's results table (accuracy and wall time).
 """
+from vit_jax import objectives
 from vit_jax.config_base import base_config
 
 
@@ -24,8 +25,9 @@ def get_config(arg: str = ""):
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 100
     c.optim.weight_decay = 0.05
+    c.supervised = objectives.default_config("supervised")
     c.supervised.label_smoothing = 0.1
     c.log_every = 100
-    c.eval_every = 625          # every 10 epochs
-    c.checkpoint_every = 625
+    c.eval_every_epochs = 10
+    c.checkpoint_every_epochs = 10
     return c

@@ -1,17 +1,19 @@
 """Swin and CvT train through the unchanged loop, supervised objective and evaluation protocols."""
 import jax
+import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, metrics, train
-from vit_jax.evaluate import knn
+from vit_jax import checkpoint, metrics, optim, train, validate
+from vit_jax import state as state_lib
 
 BACKBONES = {
     "swin": ("swin_tiny_patch4_window7_224",
-             dict(patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2, image_size=8)),
+             dict(patch_size=2, width=8, depths=(1, 1), num_heads=(1, 2), window_size=2, image_size=8)),
     "cvt": ("cvt_13_224",
-            dict(dims=(8, 16, 24), depths=(1, 1, 1), heads=(1, 2, 3), patch_sizes=(3, 3, 3),
+            dict(widths=(8, 16, 24), depths=(1, 1, 1), num_heads=(1, 2, 3), patch_sizes=(3, 3, 3),
                  patch_strides=(2, 2, 2), patch_paddings=(1, 1, 1), image_size=8)),
 }
 
@@ -30,9 +32,7 @@ def test_supervised_then_knn(name, tmp_path):
     assert 0.0 <= summary["eval/test/accuracy"] <= 1.0 and np.isfinite(summary["train/loss"])
     cfg = config(name)
     cfg.objective, cfg.total_steps, cfg.init_from = "knn", 0, str(tmp_path / "sup")
-    with cfg.unlocked():
-        cfg.knn = knn.default_config()
-    cfg.knn.ks = (5,)
+    cfg.evals = mlc.ConfigDict({"knn": dict(type="knn", ks=(5,))})
     out = train.run(cfg, str(tmp_path / "knn"))
     assert 0.0 < out["eval/knn/top1_k5"] <= 1.0
     rows = metrics.read_jsonl(str(tmp_path / "knn" / "metrics.jsonl"))
@@ -42,16 +42,13 @@ def test_supervised_then_knn(name, tmp_path):
 
 
 def test_cvt_batch_stats_are_updated_by_the_train_step():
-    import jax.numpy as jnp
-    from vit_jax import optim, validate
     cfg = config("cvt")
     plan = validate.validate(cfg)
     ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
     params, extra = plan.objective.init(jax.random.PRNGKey(0), ex)
     assert "batch_stats" in extra
     tx, schedule = optim.make_optimizer(cfg, params, cfg.total_steps)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-             "extra": extra, "rng": jax.random.PRNGKey(1)}
+    state = state_lib.create(params, extra, tx, jax.random.PRNGKey(1))
     rs = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rs.standard_normal((16, 8, 8, 1)) + 3.0, jnp.float32),
              "label": jnp.asarray(rs.integers(0, 10, 16), jnp.int32)}

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from vit_jax import validate
+from vit_jax import durations, objectives, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finetune.py", ""),
@@ -52,10 +52,10 @@ def test_config_validates(path, arg, tiny_clip):
     if path == "imagenet/eva_pretrain.py":
         cfg.eva.teacher = "hf:" + tiny_clip
     if path.startswith("imagenet/"):  # the mock has 8 images: give the real schedule length
-        cfg.total_steps = int(cfg.num_epochs * 1_281_167 / cfg.batch_size)
+        cfg.total_steps = durations.total_steps(cfg, 1_281_167)
     with tfds.testing.mock_data(num_examples=8):
         plan = validate.validate(cfg)
-    assert plan.total_steps >= 0 and plan.objective.name == cfg.objective
+    assert plan.total_steps >= 0 and isinstance(plan.objective, objectives.get_class(cfg.objective))
     # each config file documents the command that runs it
     with open(os.path.join(ROOT, "configs", path)) as f:
         assert "python -m vit_jax.main --config configs/" + path in f.read()

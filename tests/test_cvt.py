@@ -100,7 +100,7 @@ def test_param_counts(name, count):
 def test_registry():
     assert {"cvt_13_224", "cvt_21_224", "cvt_w24_384"} <= set(models.list_models("cvt_*"))
     m = models.create("cvt_w24_384", num_classes=7)
-    assert isinstance(m, CvT) and m.image_size == 384 and m.dims == (192, 768, 1024)
+    assert isinstance(m, CvT) and m.image_size == 384 and m.widths == (192, 768, 1024)
     assert m.num_classes == 7
 
 
@@ -177,7 +177,7 @@ def test_train_mode_updates_batch_stats_like_torch(hf_cls):
 
 
 def test_overrides_and_init():
-    m = models.create("cvt_13_224", dims=(16, 32, 48), depths=(1, 1, 1), heads=(1, 2, 3),
+    m = models.create("cvt_13_224", widths=(16, 32, 48), depths=(1, 1, 1), num_heads=(1, 2, 3),
                       num_classes=0, drop_path_rate=0.1, dropout=0.1, attn_dropout=0.1)
     x = jnp.zeros((2, 40, 56, 3))
     # Random values in the init's shapes: compiling the truncated-normal init is slow on CPU.
@@ -192,7 +192,7 @@ def test_overrides_and_init():
 
 
 def test_too_small_input_raises():
-    m = models.create("cvt_13_224", dims=(8, 16, 24), depths=(1, 1, 1), heads=(1, 1, 1))
+    m = models.create("cvt_13_224", widths=(8, 16, 24), depths=(1, 1, 1), num_heads=(1, 1, 1))
     with pytest.raises(ValueError, match="too small"):
         jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3))))
     with pytest.raises(ValueError, match="channels"):
@@ -239,7 +239,7 @@ def test_save_backbone(hf_model, tmp_path, final_norm):
     model, _, (module, variables) = hf_model
     if final_norm:  # num_classes=0 with the final norm: HF classification with num_labels=0
         module = module.clone(final_norm=True)
-        d = module.dims[-1]
+        d = module.widths[-1]
         rng = np.random.default_rng(0)
         variables = {**variables, "params": {**variables["params"], "norm": {
             "scale": jnp.asarray(1 + 0.2 * rng.normal(size=d), jnp.float32),

@@ -8,15 +8,15 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
 from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, sharding, train
+from vit_jax import checkpoint, objectives, sharding, train
 from vit_jax.data.pipeline import TrainPipeline
-from vit_jax.evaluate.backbone import EMA_TEACHER, run_params
-from vit_jax.objectives import esvit
+from vit_jax.runs import load_run
 from vit_jax.validate import ConfigError, validate
 
 OUT_DIM = 64
@@ -37,12 +37,14 @@ def esvit_config(region: bool = True, **esvit_kw):
     c = get_config()
     c.objective = "esvit"
     c.data.train_transform = "normalize('none')"
-    c.esvit = esvit.default_config()
+    c.esvit = objectives.default_config("esvit")
     c.esvit.update(dict(region=region, out_dim=OUT_DIM, hidden_dim=32, bottleneck_dim=BOTTLENECK,
                         global_size=8, local_size=4, num_local=2, flip=False, pixel_stats="none",
-                        warmup_teacher_temp_epochs=2, knn_k=(5,)))
+                        warmup_teacher_temp_epochs=2))
     c.esvit.update(esvit_kw)
     c.total_steps = 12
+    c.evals = mlc.ConfigDict(dict(knn=dict(type="knn", ks=(5,)),
+                                  esvit_correspondence=dict(type="correspondences")))
     return c
 
 
@@ -143,17 +145,18 @@ def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
     assert np.isfinite(out["train/loss"])
     assert os.path.isfile(tmp_path / "esvit_correspondence_000010.png")
     # downstream protocols read the EMA teacher
-    params, which = run_params(str(tmp_path))
-    assert which == "EMA teacher" and "backbone" in params
+    run = load_run(str(tmp_path))
+    teacher = checkpoint.load_params(str(tmp_path), path=("extra", "ema_teacher", "params"))
+    np.testing.assert_array_equal(jax.tree.leaves(run.backbone_variables["params"])[0],
+                                  jax.tree.leaves(teacher["backbone"])[0])
     student = checkpoint.load_params(str(tmp_path))
-    assert not np.allclose(jax.tree.leaves(student["backbone"])[0], jax.tree.leaves(params["backbone"])[0])
-    assert EMA_TEACHER[1] == "ema_teacher"
+    assert not np.allclose(jax.tree.leaves(student["backbone"])[0], jax.tree.leaves(teacher["backbone"])[0])
 
 
 @pytest.mark.parametrize("model_name,overrides", [
-    ("swin_tiny_patch4_window7_224", dict(patch_size=2, window_size=2, embed_dim=16, depths=(1, 1),
+    ("swin_tiny_patch4_window7_224", dict(patch_size=2, window_size=2, width=16, depths=(1, 1),
                                           num_heads=(2, 2))),
-    ("cvt_13_224", dict(dims=(8, 16, 16), depths=(1, 1, 1), heads=(1, 2, 2), patch_sizes=(3, 3, 3),
+    ("cvt_13_224", dict(widths=(8, 16, 16), depths=(1, 1, 1), num_heads=(1, 2, 2), patch_sizes=(3, 3, 3),
                         patch_strides=(2, 2, 2), patch_paddings=(1, 1, 1))),
 ])
 def test_other_backbones_give_region_tokens(model_name, overrides):

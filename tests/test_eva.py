@@ -12,12 +12,13 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import checkpoint, convert, teachers, train
+from vit_jax import checkpoint, convert, objectives, teachers, train
+from vit_jax import state as state_lib
+from vit_jax.runs import load_run
 from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, cosine_per_token, eva_init,
                                 masked_cosine_loss, per_example_masked_cosine_loss)
 from vit_jax.models.vit import ViT
-from vit_jax.objectives import eva as eva_objective
 from vit_jax.validate import ConfigError, validate
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -106,7 +107,7 @@ def teacher_folder(tmp_path_factory):
 def eva_config(teacher_folder: str, **kw):
     c = get_config()
     c.objective = "eva"
-    c.eva = eva_objective.default_config()
+    c.eva = objectives.default_config("eva")
     c.eva.teacher = "hf:" + teacher_folder
     c.eva.mask_ratio = 0.5
     c.eva.min_block = 2
@@ -129,14 +130,14 @@ def test_loss_at_init_near_zero_teacher_gets_no_gradient(teacher_folder):
                                                              for j in range(32))]))
              for k in ("image", "patch_mask")}
     params, extra = jax.jit(obj.init)(jax.random.key(0), {k: v[:1] for k, v in batch.items()})
-    params, extra = obj.load_pretrained(params, extra)
+    extra = state_lib.put_frozen_extra(obj, extra)
     assert extra["teacher"]["embedding"]["kernel"].any()
     loss_fn = jax.jit(lambda p, e: obj.loss(p, e, batch, jax.random.key(1), jnp.zeros((), jnp.int32))[0])
     # At init the head is random and symmetric: flipping its sign flips the loss, so its mean
     # over inits is 0; one init gives |loss| ~ 1/sqrt(target dim) (here 24).
     flipped = dict(params, head=jax.tree.map(jnp.negative, params["head"]))
     assert float(loss_fn(flipped, extra)) == pytest.approx(-float(loss_fn(params, extra)), abs=1e-6)
-    inits = [loss_fn(obj.load_pretrained(*jax.jit(obj.init)(jax.random.key(s), {k: v[:1] for k, v in batch.items()}))[0], extra)
+    inits = [loss_fn(jax.jit(obj.init)(jax.random.key(s), {k: v[:1] for k, v in batch.items()})[0], extra)
              for s in range(1, 9)]
     assert abs(float(np.mean(inits))) < 0.15 and max(abs(float(x)) for x in inits) < 0.6, inits
     g_teacher = jax.grad(loss_fn, argnums=1)(params, extra)
@@ -146,8 +147,7 @@ def test_loss_at_init_near_zero_teacher_gets_no_gradient(teacher_folder):
     # three optimizer steps through the loop's step function: the student moves, the teacher not
     tx = optax.adamw(1e-3)
     step_fn = jax.jit(train.make_train_step(obj, tx, lambda s: 1e-3, 1, 0.0))
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-             "extra": extra, "rng": jax.random.key(2)}
+    state = state_lib.create(params, extra, tx, jax.random.key(2))
     for _ in range(3):
         state, metrics = step_fn(state, batch)
         assert bool(metrics["finite"])
@@ -166,7 +166,6 @@ def test_eva_trains_through_the_loop(teacher_folder, tmp_path):
     assert set(params) == {"encoder", "mask_token", "head"}
     assert out["step"] == 16
     # the finished run as objects, and as a teacher for another run
-    from vit_jax.evaluate.run import load_run
     run = load_run(str(tmp_path / "run"))
     assert run.config.objective == "eva" and "teacher" in run.extra
     t = teachers.load("workdir:" + str(tmp_path / "run"))
@@ -177,9 +176,9 @@ def test_eva_trains_through_the_loop(teacher_folder, tmp_path):
 
 def test_bad_teacher_specs_fail_clearly(teacher_folder, tmp_path):
     with pytest.raises(ConfigError, match="unknown teacher"):
-        validate(eva_config(teacher_folder, eva=dict(eva_objective.default_config(), teacher="clip")))
+        validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"), teacher="clip")))
     with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
-        validate(eva_config(teacher_folder, eva=dict(eva_objective.default_config(),
+        validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"),
                                                       teacher="hf:" + str(tmp_path))))
     # an RGB student cannot be taught by a 1-channel teacher
     grey = ViT(num_classes=0, patch_size=2, width=16, depth=1, num_heads=2, mlp_dim=32, image_size=8,
@@ -189,5 +188,5 @@ def test_bad_teacher_specs_fail_clearly(teacher_folder, tmp_path):
     with pytest.raises(teachers.TeacherError, match="1-channel images but the student's have 3"):
         t.check_student((4, 4), 3)
     with pytest.raises(ConfigError, match="mask ratio"):
-        validate(eva_config(teacher_folder, eva=dict(eva_objective.default_config(),
+        validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"),
                                                       teacher="hf:" + teacher_folder, mask_ratio=1.5)))

@@ -1,12 +1,13 @@
 """Evaluation protocols: layer-wise lr decay, backbone loading, k-NN, linear probe, fine-tuning."""
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, metrics, models, optim, train
-from vit_jax.evaluate import backbone, knn
+from vit_jax import checkpoint, init_from, metrics, models, optim, train
+from vit_jax.evaluate import knn
 
 
 def test_layer_decay_closed_form():
@@ -54,7 +55,7 @@ def test_merge_loads_backbone_keeps_head_and_fills_sincos():
     x = jnp.zeros((1, 16, 16, 3))
     src = src_model.init(jax.random.PRNGKey(0), x)["params"]
     dst = dst_model.init(jax.random.PRNGKey(1), x)["params"]
-    merged, report = backbone.merge(dst, src)
+    merged, report = init_from.merge(dst, src)
     np.testing.assert_array_equal(merged["blocks_1"]["mlp"]["fc1"]["kernel"], src["blocks_1"]["mlp"]["fc1"]["kernel"])
     np.testing.assert_array_equal(merged["head"]["kernel"], dst["head"]["kernel"])
     from vit_jax.models import layers
@@ -62,7 +63,7 @@ def test_merge_loads_backbone_keeps_head_and_fills_sincos():
     assert "norm/scale" in report["unused"]  # MAE fine-tuning drops the final norm (gap + fc_norm)
     deeper = models.create("vit_tiny_patch4_16", num_classes=7, depth=3).init(jax.random.PRNGKey(1), x)["params"]
     with pytest.raises(ValueError, match="blocks_2.*missing in the source"):
-        backbone.merge(deeper, src)
+        init_from.merge(deeper, src)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,7 @@ def pretrained(tmp_path_factory):
 def test_knn_objective_on_pretrained_and_random(pretrained, tmp_path):
     cfg = get_config()
     cfg.objective, cfg.total_steps, cfg.init_from = "knn", 0, pretrained
-    with cfg.unlocked():
-        cfg.knn = knn.default_config()
-    cfg.knn.ks = (1, 5)
+    cfg.evals = mlc.ConfigDict({"knn": dict(type="knn", ks=(1, 5))})
     summary = train.run(cfg, str(tmp_path / "knn"))
     rows = metrics.read_jsonl(str(tmp_path / "knn" / "metrics.jsonl"))
     assert rows[0]["step"] == 0 and set(rows[0]) >= {"eval/knn/top1_k1", "eval/knn/top1_k5"}
@@ -91,6 +90,7 @@ def test_linear_probe_keeps_backbone_frozen(pretrained, tmp_path):
     cfg = get_config()
     cfg.objective, cfg.init_from, cfg.total_steps = "linear_probe", pretrained, 6
     cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_norm = "lars", 0.1, 0.0, 0.0
+    cfg.optim.freeze = "backbone/"
     train.run(cfg, str(tmp_path / "probe"))
     probe = checkpoint.load_params(str(tmp_path / "probe"))
     source = checkpoint.load_params(pretrained)

@@ -11,7 +11,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from vit_jax import viz
+from vit_jax import objectives, viz
 from vit_jax.config_base import base_config
 from vit_jax.data.info import DataInfo
 from vit_jax.models import mae
@@ -308,7 +308,7 @@ def tiny_config(**mae_kw) -> mlc.ConfigDict:
     c.objective = "mae"
     c.model_name = "vit_tiny_patch8_32"
     c.model = mlc.ConfigDict(dict(width=32, depth=2, num_heads=4, mlp_dim=64))  # = TINY_ENCODER
-    c.mae = mae_objective.default_config()
+    c.mae = objectives.default_config("mae")
     c.mae.update(dict(dict(decoder_width=16, decoder_depth=1, decoder_heads=2, decoder_mlp_ratio=2.0),
                       **mae_kw))
     c.data.eval_transform = "normalize('imagenet')"
@@ -319,16 +319,14 @@ INFO = DataInfo(num_classes=10, image_shape=(32, 32, 3), num_train=100)
 
 
 def test_default_config_values():
-    assert mae_objective.default_config().to_dict() == dict(
+    assert objectives.default_config("mae").to_dict() == dict(
         mask_ratio=0.75, decoder_width=512, decoder_depth=8, decoder_heads=16,
         decoder_mlp_ratio=4.0, norm_pix_loss=False)
 
 
 def test_objective_end_to_end(tiny, images, tmp_path):
-    from vit_jax import objectives
     obj = objectives.build(tiny_config(norm_pix_loss=True), INFO)
     assert isinstance(obj, mae_objective.MAEObjective) and "mae" in objectives.names()
-    obj.check_config()
     batch = {"image": jnp.asarray(images), "label": jnp.zeros((3,), jnp.int32),
              "mask": jnp.array([1.0, 1.0, 0.0])}
     shapes, extra = jax.eval_shape(obj.init, jax.random.key(0), {"image": batch["image"][:1]})
@@ -343,19 +341,19 @@ def test_objective_end_to_end(tiny, images, tmp_path):
     assert float(jnp.abs(grads["mask_token"]).sum()) > 0
     assert float(jnp.abs(grads["encoder"]["cls_token"]).sum()) > 0
 
-    ev = jax.jit(obj.evaluate)
+    ev = jax.jit(obj.eval_metrics)
     e1, e2 = ev(params, extra, batch), ev(params, extra, batch)
     assert e1["loss"].shape == (3,)
     np.testing.assert_array_equal(e1["loss"], e2["loss"])  # fixed eval noise
 
-    feats, aux = jax.eval_shape(obj.backbone.apply, {"params": obj.backbone_params(params)},
+    feats, aux = jax.eval_shape(obj.backbone.apply, obj.backbone_variables(params, extra),
                                 batch["image"])   # the encoder's tree is a whole ViT's
     assert feats.shape == (3, 32) and aux["encoded"].shape == (3, 17, 32)
 
-    paths = obj.write_pictures(params, extra, batch, str(tmp_path), 7)
-    assert paths == [os.path.join(str(tmp_path), "mae_reconstruction_000007.png")]
+    path = viz.save_png(obj.reconstruction_image(params, extra, np.asarray(batch["image"])[:2]),
+                        os.path.join(str(tmp_path), "mae_reconstruction_000007.png"))
     from PIL import Image
-    assert Image.open(paths[0]).size == (3 * 32 * 3, 2 * 32 * 3)  # 2 real rows, scale 3
+    assert Image.open(path).size == (3 * 32 * 3, 2 * 32 * 3)  # 2 rows, scale 3
 
 
 def test_objective_config_errors():
@@ -372,7 +370,7 @@ def test_objective_config_errors():
     c = tiny_config()
     c.mae.decoder_mlp_ratio = 0.0
     with pytest.raises(ValueError, match="decoder_mlp_ratio"):
-        mae_objective.MAEObjective(c, INFO).check_config()
+        mae_objective.MAEObjective(c, INFO)
 
 
 # --------------------------------------------------------------------------- pictures

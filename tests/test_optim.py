@@ -46,9 +46,9 @@ def test_decay_mask_on_a_real_vit():
 def test_decay_mask_swin_tables_and_cvt_cls_token():
     import jax
     from vit_jax import models
-    for name, kw, size in (("swin_tiny_patch4_window7_224", dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+    for name, kw, size in (("swin_tiny_patch4_window7_224", dict(width=8, depths=(1, 1), num_heads=(1, 2),
                                                                  window_size=2, image_size=16), 16),
-                           ("cvt_13_224", dict(dims=(8, 16, 24), depths=(1, 1, 1), heads=(1, 2, 3)), 64)):
+                           ("cvt_13_224", dict(widths=(8, 16, 24), depths=(1, 1, 1), num_heads=(1, 2, 3)), 64)):
         model = models.create(name, num_classes=3, **kw)
         params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
         flat = {optim.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}

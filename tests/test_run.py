@@ -1,4 +1,4 @@
-"""A finished run as objects (evaluate/run.py), config files by path, and the prediction figure:
+"""A finished run as objects (vit_jax/runs.py), config files by path, and the prediction figure:
 the pieces the notebooks in colabs/ stand on."""
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from tests.tiny_config import get_config as tiny_config
 from vit_jax import train, viz
 from vit_jax.config_base import load_config_file
-from vit_jax.evaluate.run import Run, load_run
+from vit_jax import objectives
+from vit_jax.runs import Run, load_run
+from vit_jax.validate import validate
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -38,11 +40,15 @@ def test_run_source_and_predict(tiny_run):
 
 
 def test_backbone_variables_prefer_the_ema_teacher(tiny_run):
+    from tests.test_esvit import esvit_config
+    from tests.test_mae import INFO, tiny_config as mae_config
     student = {"backbone": {"w": np.zeros(2)}, "head": {"w": np.ones(2)}}
     teacher = {"backbone": {"w": np.full(2, 7.0)}, "head": {"w": np.ones(2)}}
-    run = Run("x", tiny_run.config, tiny_run.objective, student, {"ema_teacher": {"params": teacher}}, None)
+    esvit = validate(esvit_config()).objective
+    run = Run("x", tiny_run.config, esvit, student, {"ema_teacher": {"params": teacher, "stats": {}}}, None)
     assert run.backbone_variables["params"]["w"][0] == 7.0
-    run = Run("x", tiny_run.config, tiny_run.objective, {"encoder": {"w": np.zeros(2)}}, {}, None)
+    mae = objectives.build(mae_config(), INFO)
+    run = Run("x", tiny_run.config, mae, {"encoder": {"w": np.zeros(2)}, "decoder": {"w": np.ones(2)}}, {}, None)
     assert run.backbone_variables["params"]["w"][0] == 0.0
 
 

@@ -6,22 +6,21 @@ import pytest
 
 from tests.tiny_config import get_config
 from vit_jax import optim, sharding, train, validate
+from vit_jax import state as state_lib
 
 
 def run_steps(mesh, cfg, batches, fsdp_min_size=1):
     plan = validate.validate(cfg)
     ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
 
-    def init(rng):
-        params, extra = plan.objective.init(rng, ex)
-        tx, _ = optim.make_optimizer(cfg, params, cfg.total_steps)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "extra": extra, "rng": rng}
-
     rng = jax.random.PRNGKey(0)
+    tx, schedule = optim.make_optimizer(cfg, jax.eval_shape(plan.objective.init, rng, ex)[0], cfg.total_steps)
+
+    def init(rng):
+        return state_lib.init_state(plan.objective, tx, rng, ex)
+
     abstract = jax.eval_shape(init, rng)
     shard = sharding.tree_shardings(abstract, mesh, fsdp_min_size=fsdp_min_size)
-    tx, schedule = optim.make_optimizer(cfg, abstract["params"], cfg.total_steps)
     state = jax.jit(init, out_shardings=shard)(rng)
     step = jax.jit(train.make_train_step(plan.objective, tx, schedule, 1, 0.0),
                    in_shardings=(shard, sharding.batch_sharding(mesh)),

@@ -43,7 +43,7 @@ def test_param_counts(name: str, count: int) -> None:
 
 def test_registry_pattern() -> None:
     m = models.create("swin_large_patch4_window12_384", num_classes=10)
-    assert (m.embed_dim, m.window_size, m.image_size, m.num_classes) == (192, 12, 384, 10)
+    assert (m.width, m.window_size, m.image_size, m.num_classes) == (192, 12, 384, 10)
     assert "swin_tiny_patch4_window7_224" in models.list_models("swin_*")
 
 
@@ -146,7 +146,7 @@ def test_conversion_errors(hf_case: dict[str, Any], tmp_path: Path) -> None:
 def tiny_shaped() -> tuple[Swin, dict]:
     """swin_tiny's structure (4 stages, window 7) at a small width."""
     # stages 3 and 4 (6 and 3 at 96 pixels) are clamped and unshifted: one block each suffices.
-    m = models.create("swin_tiny_patch4_window7_224", embed_dim=8, depths=(2, 2, 1, 1),
+    m = models.create("swin_tiny_patch4_window7_224", width=8, depths=(2, 2, 1, 1),
                       num_heads=(1, 2, 2, 4), num_classes=3, drop_path_rate=0.1)
     # random values in the init's shapes: compiling m.init costs ~20 s on a busy CPU.
     shapes = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
@@ -179,6 +179,6 @@ def test_errors(tiny_shaped: tuple[Swin, dict]) -> None:
     with pytest.raises(ValueError, match="same length"):
         Swin(depths=(2, 2), num_heads=(3,))
     with pytest.raises(ValueError, match="not divisible by num_heads"):
-        Swin(embed_dim=10, depths=(2,), num_heads=(3,))
+        Swin(width=10, depths=(2,), num_heads=(3,))
     with pytest.raises(ValueError, match="Unknown override"):
-        models.create("swin_tiny_patch4_window7_224", width=3)
+        models.create("swin_tiny_patch4_window7_224", hidden_size=3)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.tiny_config import get_config
 from vit_jax import checkpoint, metrics, objectives, optim, train, validate
+from vit_jax import state as state_lib
 from vit_jax.objectives.supervised import Supervised
 
 
@@ -79,10 +80,9 @@ def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
 def _plan_and_state(cfg):
     plan = validate.validate(cfg)
     ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
-    params, extra = plan.objective.init(jax.random.PRNGKey(0), ex)
+    params = jax.eval_shape(plan.objective.init, jax.random.PRNGKey(0), ex)[0]
     tx, schedule = optim.make_optimizer(cfg, params, cfg.total_steps)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-             "extra": extra, "rng": jax.random.PRNGKey(1)}
+    state = state_lib.init_state(plan.objective, tx, jax.random.PRNGKey(0), ex)
     return plan, tx, schedule, state
 
 
@@ -116,15 +116,14 @@ def test_ema_tracks_params(tmp_path):
 
 class NanAfterStep3(Supervised):
     """Supervised, but the loss turns NaN from step 5 on (a blown-up run)."""
-    name = "nan_after_step3"
 
     def loss(self, params, extra, batch, rng, step):
         loss, aux = super().loss(params, extra, batch, rng, step)
         return jnp.where(step >= 5, jnp.nan, loss), aux
 
 
-def test_nan_guard_stops_and_keeps_earlier_checkpoints_and_metrics(tmp_path):
-    objectives.register("nan_after_step3", NanAfterStep3)
+def test_nan_guard_stops_and_keeps_earlier_checkpoints_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.setitem(objectives.REGISTRY, "nan_after_step3", "tests.test_train:NanAfterStep3")
     cfg = get_config()
     cfg.objective = "nan_after_step3"
     cfg.total_steps = 12

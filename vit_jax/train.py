@@ -1,10 +1,10 @@
 """The one training loop. It knows the mesh, the state, the data and the clock; the method
-lives entirely in the objective (vit_jax/objectives), so every method trains here unchanged.
+lives entirely in the objective (vit_jax/objectives) and the evaluations in the evaluators the
+config names (vit_jax/evaluate/evaluators.py), so every method trains here unchanged.
 
     run(config, workdir)  ->  dict of the final metrics
 
-State is a plain dict pytree: step, params, opt_state, extra (method state that is not
-trained by gradients), ema (optional parameter EMA) and rng.
+The state is vit_jax/state.py's dict pytree: step, params, opt_state, extra, [ema,] rng.
 """
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ import numpy as np
 import optax
 
 from vit_jax import checkpoint as ckpt_lib
+from vit_jax import init_from, optim, sharding
 from vit_jax import metrics as metrics_lib
-from vit_jax import objectives, optim, sharding
+from vit_jax import state as state_lib
 from vit_jax import validate as validate_lib
 from vit_jax.data import pipeline as pipeline_lib
+from vit_jax.evaluate import evaluators as evaluators_lib
+from vit_jax.evaluate.context import EvalContext
+from vit_jax.objectives import Objective
 
 
 def _is_main() -> bool:
@@ -36,7 +40,7 @@ def _log(msg: str) -> None:
 
 # -- the jitted functions ---------------------------------------------------------------
 
-def make_train_step(objective: objectives.Objective, tx: optax.GradientTransformation,
+def make_train_step(objective: Objective, tx: optax.GradientTransformation,
                     schedule, accum: int, ema_decay: float):
     """state, batch -> state, metrics. Non-finite loss or gradients leave the state unchanged."""
 
@@ -89,18 +93,6 @@ def make_train_step(objective: objectives.Objective, tx: optax.GradientTransform
     return step_fn
 
 
-def make_eval_step(objective: objectives.Objective, use_ema: bool):
-    """Sums of per-example metrics over the real (mask == 1) rows of a batch."""
-    def eval_fn(state, batch):
-        params = state["ema"] if use_ema else state["params"]
-        per_example = objective.evaluate(params, state["extra"], batch)
-        mask = batch["mask"]
-        sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
-        sums["count"] = jnp.sum(mask)
-        return sums
-    return eval_fn
-
-
 # -- the loop ---------------------------------------------------------------------------
 
 def _write_config(config, workdir: str, resuming: bool) -> None:
@@ -118,18 +110,6 @@ def _write_config(config, workdir: str, resuming: bool) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
-
-
-def evaluate(eval_step, state, config, source, transform, mesh, split: str) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for local in pipeline_lib.eval_batches(source, transform, config.eval_batch_size,
-                                           jax.process_index(), jax.process_count(),
-                                           config.data.workers):
-        sums = jax.device_get(eval_step(state, sharding.global_batch(local, mesh)))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    count = totals.pop("count", 0.0)
-    return {f"eval/{split}/{k}": v / max(count, 1.0) for k, v in totals.items()}
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -153,17 +133,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     example = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
     rng = jax.random.PRNGKey(config.seed)
     abstract_vars = jax.eval_shape(objective.init, rng, example)
-    tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1),
-                                        objective.lr_multipliers(abstract_vars[0]))
-
-    def build_state(params, extra, rng):
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                 "extra": extra, "rng": jax.random.fold_in(rng, 1)}
-        if config.ema_decay > 0:
-            state["ema"] = params
-        return state
-
-    abstract = jax.eval_shape(build_state, *abstract_vars, rng)
+    tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1), plan.lr_factors,
+                                        plan.steps["warmup"])
+    ema = config.ema_decay > 0
+    abstract = jax.eval_shape(lambda p, e, r: state_lib.create(p, e, tx, r, ema), *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
 
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
@@ -178,10 +151,13 @@ def run(config, workdir: str) -> dict[str, Any]:
     else:
         var_shardings = (state_shardings["params"], state_shardings["extra"])
         params, extra = jax.jit(objective.init, out_shardings=var_shardings)(rng, example)
-        # e.g. a pre-trained backbone (config.init_from): host side, once, never on resume
-        params, extra = objective.load_pretrained(params, extra)
+        # host side, once, never on resume: frozen teachers' weights, then config.init_from
+        extra = state_lib.put_frozen_extra(objective, extra)
+        if config.init_from:
+            params = init_from.load(objective, params, config.init_from)
         params, extra = jax.device_put((params, extra), var_shardings)
-        state = jax.jit(build_state, out_shardings=state_shardings)(params, extra, rng)
+        state = jax.jit(lambda p, e, r: state_lib.create(p, e, tx, r, ema),
+                        out_shardings=state_shardings)(params, extra, rng)
         start = 0
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
@@ -192,9 +168,9 @@ def run(config, workdir: str) -> dict[str, Any]:
                          in_shardings=(state_shardings, batch_shard),
                          out_shardings=(state_shardings, sharding.replicated(mesh)),
                          donate_argnums=(0,))
-    eval_steps = {"": jax.jit(make_eval_step(objective, False))}
-    if "ema" in state:
-        eval_steps["_ema"] = jax.jit(make_eval_step(objective, True))
+    ctx = EvalContext(config, mesh, workdir, objective, plan.train_source, plan.eval_source,
+                      plan.eval_transform, _is_main(), validate_lib.source_kwargs(config.data))
+    evaluators = evaluators_lib.build(config, ctx, plan.evaluators)
 
     writer = metrics_lib.MetricWriter(workdir, start if resuming else None, _is_main(), config.tensorboard)
     progress = metrics_lib.Progress(total_steps, config.batch_size, _is_main() and config.progress)
@@ -216,15 +192,11 @@ def run(config, workdir: str) -> dict[str, Any]:
             last.update({k: float(v) for k, v in m.items()})
         pending.clear()
 
-    def run_evals(step: int) -> None:
+    def run_evals(step: int, last_step: bool) -> None:
         results = {}
-        if plan.eval_source is not None:
-            for suffix, fn in eval_steps.items():
-                results.update(evaluate(fn, state, config, plan.eval_source, plan.eval_transform,
-                                        mesh, config.data.eval_split + suffix))
-        ctx = objectives.EvalContext(config, mesh, workdir, step, plan.train_source, plan.eval_source,
-                                     plan.eval_transform, _is_main())
-        results.update(objective.on_eval(state["params"], state["extra"], ctx))
+        for ev in evaluators:
+            if last_step or (ev.every and step % ev.every == 0):
+                results.update(ev.run(state, step))
         if results:
             writer.write(step, results)
             last.update(results)
@@ -235,7 +207,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     step = start
     try:
         if total_steps == 0:
-            run_evals(0)
+            run_evals(0, True)
         for step in range(start + 1, total_steps + 1):
             batch = sharding.global_batch(next(pipe), mesh)
             state, m = train_step(state, batch)
@@ -248,11 +220,12 @@ def run(config, workdir: str) -> dict[str, Any]:
                 row.update({"epoch": pipe.epoch(step), "perf/images_per_sec": ips, "perf/step_time": dt})
                 writer.write(step, row)
                 progress.line(step, row, ips, dt)
-            if (config.eval_every and step % config.eval_every == 0) or is_last:
+            if is_last or any(ev.every and step % ev.every == 0 for ev in evaluators):
                 flush()
-                run_evals(step)
+                run_evals(step, is_last)
                 progress.reset_clock(step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or is_last:
+            every = plan.steps["checkpoint_every"]
+            if (every and step % every == 0) or is_last:
                 flush()  # never save a state whose step went non-finite
                 ckpt.save(step, state, pipe.state())
                 progress.reset_clock(step)

@@ -2,7 +2,7 @@
 
 `validate(config)` raises ConfigError with a message that names the key and the fix,
 or returns a Plan: the objective, the data sources and transforms, the shape of one
-example and the number of steps. The model is traced abstractly (jax.eval_shape), which
+example, every duration in steps, the evaluators and the optimizer's lr factors. The model is traced abstractly (jax.eval_shape), which
 takes a moment and no compile, so shape errors also surface here.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vit_jax import config_base, objectives, optim
+from vit_jax import durations, objectives, optim
 from vit_jax.data import sources, transforms
 from vit_jax.data.info import DataInfo
+from vit_jax.evaluate import evaluators
 
 
 class ConfigError(ValueError):
@@ -33,10 +34,18 @@ class Plan:
     example: dict[str, np.ndarray]  # one transformed training example, no batch axis
     total_steps: int
     info: DataInfo
+    steps: dict[str, int]           # durations.all_steps: total, warmup, eval_every, checkpoint_every
+    evaluators: list                # evaluate.evaluators.Evaluator, not built yet
+    lr_factors: Any | None          # optim.lr_factors (layer decay, freezing)
 
 
 def _fail(msg: str) -> None:
     raise ConfigError(msg)
+
+
+def _note(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
 
 
 def _check_numbers(c) -> None:
@@ -46,13 +55,14 @@ def _check_numbers(c) -> None:
         _fail(f"eval_batch_size={c.eval_batch_size} must be positive")
     if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
         _fail(f"grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size={c.batch_size}")
-    if c.total_steps < -1:
+    if c.total_steps is not None and c.total_steps < -1:
         _fail(f"total_steps={c.total_steps}: give a positive number, -1 to derive it from num_epochs, "
               "or 0 to evaluate only")
-    if c.total_steps == -1 and not c.num_epochs > 0:
+    if c.total_steps in (None, -1) and c.get("total_examples") is None and c.num_epochs is not None \
+            and not c.num_epochs > 0:
         _fail(f"num_epochs={c.num_epochs} must be positive when total_steps=-1")
     for key in ("log_every", "eval_every", "checkpoint_every"):
-        if c[key] < 0:
+        if c[key] is not None and c[key] < 0:
             _fail(f"{key}={c[key]} must be >= 0 (0 means: only at the end)")
     if c.log_every == 0:
         _fail("log_every must be >= 1")
@@ -73,7 +83,7 @@ def _check_numbers(c) -> None:
         _fail(f"optim.schedule={o.schedule!r}: use one of {sorted(optim.SCHEDULES)}")
     if not (o.lr > 0 and np.isfinite(o.lr)):
         _fail(f"optim.lr={o.lr} must be a positive finite number")
-    if o.warmup_steps < 0 or o.weight_decay < 0 or o.clip_norm < 0 or o.end_lr < 0:
+    if (o.warmup_steps or 0) < 0 or o.weight_decay < 0 or o.clip_norm < 0 or o.end_lr < 0:
         _fail("optim.warmup_steps, weight_decay, clip_norm and end_lr must be >= 0")
     if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
         _fail(f"optim.b1={o.b1} and optim.b2={o.b2} must be in [0, 1)")
@@ -115,7 +125,7 @@ def _transform(spec: str, key: str, info: dict) -> Callable:
 
 
 def _with_method(transform: Callable, objective: objectives.Objective) -> Callable:
-    if type(objective).prepare_example is objectives.Objective.prepare_example:
+    if type(objective).prepare_example is objectives.Objective.prepare_example:  # the default: as is
         return transform
     return lambda ex, rng: objective.prepare_example(transform(ex, rng), rng)
 
@@ -140,11 +150,11 @@ def validate(c) -> Plan:
     if len(train_src) == 0:
         _fail(f"data: split {c.data.train_split!r} of {c.data.name!r} is empty")
     train_tf = _transform(c.data.train_transform, "train_transform", {})
-    eval_tf = _transform(c.data.eval_transform, "eval_transform", {}) if eval_src is not None else None
+    eval_tf = _transform(c.data.eval_transform, "eval_transform", {})
     try:
         example = train_tf(dict(train_src[0]), np.random.default_rng(0))
         eval_shape = np.shape(eval_tf(dict(eval_src[0]), np.random.default_rng(0))["image"]) \
-            if eval_tf is not None else None
+            if eval_src is not None else None
     except ConfigError:
         raise
     except Exception as e:
@@ -154,14 +164,18 @@ def validate(c) -> Plan:
         _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
                     f"{example['image'].dtype} {example['image'].shape}")
 
-    total = config_base.total_steps(c, len(train_src))
-    if total and c.optim.warmup_steps > total:
-        _fail(f"optim.warmup_steps={c.optim.warmup_steps} exceeds the {total} training steps")
+    try:
+        steps = durations.all_steps(c, len(train_src), note=_note)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    total = steps["total"]
+    if total and steps["warmup"] > total:
+        _fail(f"the warmup (optim.warmup_steps/_epochs/_examples: {steps['warmup']} steps) exceeds "
+              f"the {total} training steps")
     info = DataInfo(num_classes=int(getattr(train_src, "num_classes", 0) or 0),
                                     image_shape=tuple(example["image"].shape), num_train=len(train_src))
     try:
-        objective = objectives.build(c, info)
-        objective.check_config()
+        objective = objectives.build(c, info)   # a method checks its config here
         # The method's own per-example host step (e.g. EVA's patch masks) follows the data transform.
         train_tf = _with_method(train_tf, objective)
         example = {k: np.asarray(v) for k, v in train_tf(dict(train_src[0]), np.random.default_rng(0)).items()}
@@ -176,10 +190,13 @@ def validate(c) -> Plan:
                                                                                                                   for k, v in example.items()})
         if total:  # total_steps == 0 only evaluates
             jax.eval_shape(objective.loss, params, extra, ex, rng, jax.ShapeDtypeStruct((), np.int32))
+        factors = optim.lr_factors(c.optim, params, objective.backbone_key,
+                                   getattr(objective.backbone, "depth", None))
+        planned = evaluators.plan(c, objective, len(train_src), steps["eval_every"], note=_note)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # AttributeError: a missing section
         raise ConfigError(f"{type(e).__name__}: {e}") from e
     return Plan(objective, train_src, train_tf, eval_src,
-                            (lambda ex, tf=eval_tf: tf(ex, np.random.default_rng(0))) if eval_tf else None,
-                            example, total, info)
+                (lambda ex, tf=eval_tf: tf(ex, np.random.default_rng(0))), example, total, info,
+                steps, planned, factors)

@@ -1,6 +1,6 @@
 """Pictures: MAE reconstructions, EsViT region correspondences, attention maps, training curves.
 
-Host-side numpy only (no jax): callers pass arrays they fetched with jax.device_get.
+Host-side numpy only (no jax computation): callers pass arrays they fetched with jax.device_get.
 """
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
+from vit_jax.models.layers import pair
+
 GRAY = 0.5          # masked patches in the "masked" panel, in [0, 1] display units
 MIN_SIDE = 96       # default upscaling: small images (28x28 digits) become at least this tall
 NORM_PIX_EPS = 1e-6  # as MAE's norm_pix_loss
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
 
 
 def _patchify(images: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -60,7 +58,7 @@ def mae_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray,
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (B, H, W, C) with C in (1, 3); got {images.shape}.")
     b, h, w, c = images.shape
-    ph, pw = _pair(patch_size)
+    ph, pw = pair(patch_size)
     if h % ph or w % pw:
         raise ValueError(f"image size {h}x{w} is not divisible by patch size {ph}x{pw}.")
     gh, gw = h // ph, w // pw

@@ -8,11 +8,10 @@ weight decay 0.05 (CvT-13) / 0.1 (CvT-21), 300 epochs, cosine, RandAugment(9, 0.
 cutmix 1.0, label smoothing 0.1, drop path 0.1 in the last stage. (Random erasing 0.25 is not
 implemented yet.) Published: 81.6 / 82.5 top-1 at 224. Not run here (no ImageNet offline).
 """
+from vit_jax import objectives
 from vit_jax.config_base import imagenet_config
 
 RECIPES = {"13": ("cvt_13_224", 0.05), "21": ("cvt_21_224", 0.1)}
-IMAGES_PER_EPOCH = 1_281_167
-
 
 def get_config(arg: str = "13"):
     model, weight_decay = RECIPES[arg or "13"]
@@ -24,6 +23,7 @@ def get_config(arg: str = "13"):
     c.num_epochs = 300
     c.optim.lr = 0.02
     c.optim.weight_decay = weight_decay
-    c.optim.warmup_steps = 5 * IMAGES_PER_EPOCH // c.batch_size
+    c.optim.warmup_epochs = 5
+    c.supervised = objectives.default_config("supervised")
     c.supervised.update(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))
     return c

@@ -16,10 +16,8 @@ drop path 0.1, RandomResizedCrop(0.2, 1) + flip. EVA-01 trained 150 epochs on 29
 and num_epochs is scaled to a similar number of samples. FSDP over the batch devices (1B params).
 Not run here (no ImageNet or CLIP-L offline); validated in tests with a tiny CLIP folder.
 """
+from vit_jax import objectives
 from vit_jax.config_base import imagenet_config
-from vit_jax.objectives import eva
-
-IMAGES_PER_EPOCH = 1_281_167
 
 
 def get_config(arg: str = ""):
@@ -28,16 +26,16 @@ def get_config(arg: str = ""):
     c.objective = "eva"
     c.model_name = "vit_giant_patch14_224"
     c.model.update(dict(drop_path_rate=0.1, layer_norm_eps=1e-6, remat=True, scan=True))
-    c.eva = eva.default_config()
+    c.eva = objectives.default_config("eva")
     c.eva.update(dict(teacher="hf:clip-vit-large-patch14", teacher_dtype="bfloat16", mask="block",
                       mask_count=105, min_block=16, init_std=0.015))
     c.data.train_transform = "rrc(224, scale=(0.2, 1.0))|flip|normalize('imagenet')"
     c.batch_size = 4096
-    c.num_epochs = 150 * 29_600_000 / IMAGES_PER_EPOCH
+    c.total_examples = 150 * 29_600_000   # EVA-01: 150 epochs of its 29.6M-image set
     c.optim.lr = 1e-3
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6
     c.optim.weight_decay = 0.05
     c.optim.clip_norm = 3.0
-    c.optim.warmup_steps = 2 * 29_600_000 // c.batch_size
+    c.optim.warmup_examples = 2 * 29_600_000
     c.mesh.data, c.mesh.fsdp = 1, -1
     return c

@@ -9,6 +9,7 @@ epochs with 5 warmup, RandAugment(9, 0.5), mixup 0.8, cutmix 1.0, label smoothin
 average pooling + fc_norm, head init std 2e-5. MAE also uses random erasing 0.25, which vit_jax
 does not implement yet. Published: 83.6 / 85.9 / 86.9 top-1.
 """
+from vit_jax import objectives
 from vit_jax.config_base import imagenet_config
 
 RECIPES = {  # model, layer decay, drop path, epochs
@@ -16,8 +17,6 @@ RECIPES = {  # model, layer decay, drop path, epochs
     "large": ("vit_large_patch16_224", 0.75, 0.2, 50),
     "huge": ("vit_huge_patch14_224", 0.75, 0.3, 50),
 }
-IMAGES_PER_EPOCH = 1_281_167
-
 
 def get_config(arg: str = "base,"):
     size, _, init_from = (arg or "base,").partition(",")
@@ -34,6 +33,7 @@ def get_config(arg: str = "base,"):
     c.optim.weight_decay = 0.05
     c.optim.layer_decay = layer_decay
     c.optim.clip_norm = 0.0
-    c.optim.warmup_steps = 5 * IMAGES_PER_EPOCH // c.batch_size
+    c.optim.warmup_epochs = 5
+    c.supervised = objectives.default_config("supervised")
     c.supervised.update(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))
     return c

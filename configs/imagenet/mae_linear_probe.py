@@ -10,8 +10,6 @@ with 10 warmup, RandomResizedCrop + flip. Published: 68.0 / 75.8 / 76.6 (B / L /
 from vit_jax.config_base import imagenet_config
 
 MODELS = {"base": "vit_base_patch16_224", "large": "vit_large_patch16_224", "huge": "vit_huge_patch14_224"}
-IMAGES_PER_EPOCH = 1_281_167
-
 
 def get_config(arg: str = "base,"):
     size, _, init_from = (arg or "base,").partition(",")
@@ -26,5 +24,6 @@ def get_config(arg: str = "base,"):
     c.optim.b1 = 0.9
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0
-    c.optim.warmup_steps = 10 * IMAGES_PER_EPOCH // c.batch_size
+    c.optim.freeze = "backbone/"   # only the head learns
+    c.optim.warmup_epochs = 10
     return c

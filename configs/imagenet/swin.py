@@ -9,12 +9,11 @@ gradient clipping 5.0, drop path 0.2 / 0.3 / 0.5, RandAugment(9, 0.5), mixup 0.8
 label smoothing 0.1. (Random erasing 0.25 is not implemented yet.) Published: 81.2 / 83.2 / 83.5.
 Not run here (no ImageNet offline).
 """
+from vit_jax import objectives
 from vit_jax.config_base import imagenet_config
 
 RECIPES = {"tiny": ("swin_tiny_patch4_window7_224", 0.2), "small": ("swin_small_patch4_window7_224", 0.3),
            "base": ("swin_base_patch4_window7_224", 0.5)}
-IMAGES_PER_EPOCH = 1_281_167
-
 
 def get_config(arg: str = "tiny"):
     model, drop_path = RECIPES[arg or "tiny"]
@@ -28,6 +27,7 @@ def get_config(arg: str = "tiny"):
     c.optim.end_lr = 1e-5
     c.optim.weight_decay = 0.05
     c.optim.clip_norm = 5.0
-    c.optim.warmup_steps = 20 * IMAGES_PER_EPOCH // c.batch_size
+    c.optim.warmup_epochs = 20
+    c.supervised = objectives.default_config("supervised")
     c.supervised.update(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))
     return c

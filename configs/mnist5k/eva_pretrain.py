@@ -12,14 +12,14 @@ of 256 scaled to the grid). EVA's optimizer: AdamW b2 0.98, eps 1e-6, wd 0.05, c
 Then fine-tune / probe / k-NN with the evaluation configs (README's small-data table).
 """
 from vit_jax.config_base import mnist5k_config
-from vit_jax.objectives import eva
+from vit_jax import objectives
 
 
 def get_config(arg: str = ""):
     del arg
     c = mnist5k_config()
     c.objective = "eva"
-    c.eva = eva.default_config()
+    c.eva = objectives.default_config("eva")
     c.eva.update(dict(teacher="dinov2_vits14", teacher_dtype="float32", mask="block",
                       mask_ratio=0.4, min_block=4, init_std=0.02))
     c.data.train_transform = "rrc(28, scale=(0.5, 1.0))|normalize('mnist')"
@@ -31,6 +31,6 @@ def get_config(arg: str = ""):
     c.optim.warmup_steps = 60
     c.optim.clip_norm = 3.0
     c.log_every = 50
-    c.eval_every = 313
-    c.checkpoint_every = 313
+    c.eval_every_epochs = 10
+    c.checkpoint_every_epochs = 10
     return c

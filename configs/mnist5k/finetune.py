@@ -8,6 +8,7 @@ with MAE's recipe scaled down: global average pooling + fc_norm, layer-wise lr d
 drop path 0.1, label smoothing 0.1. From scratch (no ARG) the same recipe runs without layer
 decay. Both get the same budget: 15 epochs. Results: README's small-data table.
 """
+from vit_jax import objectives
 from vit_jax.config_base import mnist5k_config
 
 
@@ -21,8 +22,9 @@ def get_config(arg: str = ""):
     c.optim.warmup_steps = 60
     c.optim.weight_decay = 0.05
     c.optim.layer_decay = 0.75 if arg else 1.0
+    c.supervised = objectives.default_config("supervised")
     c.supervised.label_smoothing = 0.1
     c.log_every = 100
-    c.eval_every = 235
-    c.checkpoint_every = 470
+    c.eval_every_epochs = 7.5
+    c.checkpoint_every_epochs = 15
     return c

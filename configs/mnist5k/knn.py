@@ -6,15 +6,15 @@
 Memory: the 4,000 training digits; queries: the 1,000 test digits; features: the class token
 after the final norm. Evaluation only (total_steps = 0). Results: README's small-data table.
 """
+import ml_collections as mlc
+
 from vit_jax.config_base import backbone_of_run, mnist5k_config
-from vit_jax.evaluate import knn
 
 
 def get_config(arg: str = ""):
     c = mnist5k_config()
     c.objective = "knn"
     backbone_of_run(c, arg)  # the run's own backbone (ViT, Swin, CvT) and its weights
-    c.knn = knn.default_config()
-    c.knn.ks = (10, 20, 100, 200)
+    c.evals = mlc.ConfigDict({"knn": dict(type="knn", ks=(10, 20, 100, 200), temperature=0.07)})
     c.total_steps = 0
     return c

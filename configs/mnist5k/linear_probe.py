@@ -23,7 +23,8 @@ def get_config(arg: str = ""):
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0
     c.optim.warmup_steps = 30
+    c.optim.freeze = "backbone/"   # only the head learns
     c.log_every = 100
-    c.eval_every = 625
-    c.checkpoint_every = 625
+    c.eval_every_epochs = 20
+    c.checkpoint_every_epochs = 20
     return c

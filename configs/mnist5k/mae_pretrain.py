@@ -7,14 +7,14 @@ depth 2; 75% masking; norm_pix_loss; crops (0.5, 1) as MAE's RandomResizedCrop, 
 (digits are not mirror-symmetric). Results: README's small-data table.
 """
 from vit_jax.config_base import mnist5k_config
-from vit_jax.objectives import mae
+from vit_jax import objectives
 
 
 def get_config(arg: str = ""):
     del arg
     c = mnist5k_config()
     c.objective = "mae"
-    c.mae = mae.default_config()
+    c.mae = objectives.default_config("mae")
     c.mae.update(dict(mask_ratio=0.75, decoder_width=64, decoder_depth=2, decoder_heads=4,
                       norm_pix_loss=True))
     c.data.train_transform = "rrc(28, scale=(0.5, 1.0))|normalize('mnist')"
@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
     c.optim.warmup_steps = 60
     c.optim.clip_norm = 0.0
     c.log_every = 100
-    c.eval_every = 313
-    c.checkpoint_every = 313
+    c.eval_every_epochs = 10
+    c.checkpoint_every_epochs = 10
+    c.evals.mae_reconstruction = dict(type="reconstruction")   # mae_reconstruction_<step>.png
     return c

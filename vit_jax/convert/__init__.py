@@ -61,6 +61,9 @@ the keys and shapes involved.
 Package layout (one file a source format; a new Hugging Face family is a new file plus its
 lines in `_HF_LOADERS` below):
     weights.py        reading weight files; key bookkeeping, overrides and checks shared by all
+    tables.py         declarative key tables (Row: our path, checkpoint key, kind) and the two
+                      functions that apply one forwards (import) and backwards (export); each
+                      family file below states its table once and uses it both ways
     hf_vit.py         Hugging Face ViT / ViTMAE import and ViT export
     hf_swin.py        Hugging Face Swin import and export
     hf_cvt.py         Hugging Face CvT import and export (BatchNorm running statistics included)

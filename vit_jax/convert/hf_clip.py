@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 
 from vit_jax.convert.hf_vit import _hf_act
+from vit_jax.convert.tables import Row, block_rows, import_rows, repeat
 from vit_jax.convert.weights import (ConversionError, Params, StateDict, Variables, canonical_keys,
                                      dummy_images, finish, pair, read_hf_weights)
 from vit_jax.models.vit import ViT
@@ -30,15 +31,22 @@ _HF_DEFAULTS: dict[str, Any] = dict(
     num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
     hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0)
 
-# (vit_jax block sub-path, HF layer sub-key, kind).
-_HF_BLOCK = (("norm1", "layer_norm1", "norm"),
-             ("attn/query", "self_attn.q_proj", "dense"),
-             ("attn/key", "self_attn.k_proj", "dense"),
-             ("attn/value", "self_attn.v_proj", "dense"),
-             ("attn/out", "self_attn.out_proj", "dense"),
-             ("norm2", "layer_norm2", "norm"),
-             ("mlp/fc1", "mlp.fc1", "dense"),
-             ("mlp/fc2", "mlp.fc2", "dense"))
+# HF CLIP's encoder layer: the shared block under CLIP's own names.
+_CLIP_BLOCK = block_rows(qkv=[f"self_attn.{c}_proj" for c in "qkv"], out="self_attn.out_proj",
+                         norms=("layer_norm1", "layer_norm2"), mlp=("mlp.fc1", "mlp.fc2"))
+
+
+def clip_rows(module: ViT) -> tuple[Row, ...]:
+    """The key table of HF's CLIP vision tower (no `vision_model.` prefix) for its ViT; the
+    projection (`visual_projection`, outside that prefix) is the head when num_classes > 0.
+    The class embedding (D,) and position table (1 + N, D) are stored unbatched."""
+    head = (Row("head", "visual_projection", "dense"),) if module.num_classes > 0 else ()
+    return (Row("embedding", "embeddings.patch_embedding", "conv"),
+            Row("cls_token", "embeddings.class_embedding", "token"),
+            Row("pos_embed", "embeddings.position_embedding.weight", "table"),
+            Row("norm_pre", "pre_layrnorm", "norm"),
+            *repeat(_CLIP_BLOCK, module.depth, "blocks_{}/", "encoder.layers.{}."),
+            Row("fc_norm", "post_layernorm", "norm"), *head)
 
 
 def _vision_config(cfg: Mapping[str, Any], arch: str, folder: Path) -> dict[str, Any]:
@@ -78,12 +86,6 @@ def _clip_vit(cfg: Mapping[str, Any], num_classes: int) -> ViT:
                norm_layer="layernorm", init_values=None)
 
 
-def _put_batched(p: Params, dst: str, src: str, ndim: int, lead: int) -> None:
-    """A rank-`ndim` tensor with `lead` leading unit axes added, e.g. class_embedding (D,) ->
-    cls_token (1, 1, D); another rank is kept as is, so the shape check names it."""
-    p.put(dst, p.sd.take(src), src, lambda a: a.reshape((1,) * lead + a.shape), ndim)
-
-
 def load_clip(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
               check_posemb: bool) -> tuple[nn.Module, Variables]:
     """CLIPVisionModel / CLIPVisionModelWithProjection / CLIPModel folder -> ViT (see
@@ -95,16 +97,7 @@ def load_clip(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
     sd = StateDict(canonical_keys(read_hf_weights(folder), folder, "vision_model.", ()),
                    str(folder))
     p = Params(sd)
-    p.conv("embedding", "embeddings.patch_embedding")
-    _put_batched(p, "cls_token", "embeddings.class_embedding", 1, 2)            # (D,)
-    _put_batched(p, "pos_embed", "embeddings.position_embedding.weight", 2, 1)  # (1 + N, D)
-    p.norm("norm_pre", "pre_layrnorm")
-    for i in range(module.depth):
-        for dst, src, kind in _HF_BLOCK:
-            getattr(p, kind)(f"blocks_{i}/{dst}", f"encoder.layers.{i}.{src}")
-    p.norm("fc_norm", "post_layernorm")
-    if project:
-        p.dense("head", "visual_projection")
+    import_rows(clip_rows(module), p)
     # Older files keep the position_ids buffer; a CLIPModel folder also holds the text tower.
     sd.drop(r"embeddings\.position_ids")
     if arch == "CLIPModel":

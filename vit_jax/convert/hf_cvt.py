@@ -23,7 +23,6 @@ features), BatchNorm running statistics included.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.convert.hf_vit import CLASSIFIER, _num_labels
+from vit_jax.convert.tables import QKV, Row, block_rows, export_rows, import_rows, repeat, scoped
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     _check_against, finish, flatten, pair, read_hf_weights,
+                                     _check_against, finish, pair, read_hf_weights,
                                      write_hf_folder)
 from vit_jax.models.cvt import CvT
 
@@ -47,21 +48,32 @@ _HF_DEFAULTS: dict[str, Any] = dict(
     kernel_qkv=[3, 3, 3], padding_kv=[1, 1, 1], stride_kv=[2, 2, 2], padding_q=[1, 1, 1],
     stride_q=[1, 1, 1])
 
-# (vit_jax block sub-path, HF layer sub-key, kind).
+# HF CvT's block: HF ViT's BERT-style names with q / k / v as projection_*, each fed by a
+# depthwise conv + BatchNorm (its running statistics in "batch_stats").
 _PROJ = {"q": "query", "k": "key", "v": "value"}
-_HF_BLOCK = tuple(
-    [("norm1", "layernorm_before", "norm"), ("norm2", "layernorm_after", "norm"),
-     ("attn/out", "attention.output.dense", "dense"),
-     ("mlp/fc1", "intermediate.dense", "dense"), ("mlp/fc2", "output.dense", "dense")]
-    + [(f"attn/{full}", f"attention.attention.projection_{full}", "dense")
-       for full in _PROJ.values()]
-    + [(f"attn/conv_{s}/conv", f"attention.attention.convolution_projection_{full}"
-        ".convolution_projection.convolution", "conv") for s, full in _PROJ.items()]
-    + [(f"attn/conv_{s}/bn", f"attention.attention.convolution_projection_{full}"
-        ".convolution_projection.normalization", "norm") for s, full in _PROJ.items()])
-# BatchNorm running statistics: (vit_jax bn sub-path, HF normalization sub-key).
-_HF_BN = tuple((f"attn/conv_{s}/bn", f"attention.attention.convolution_projection_{full}"
-                ".convolution_projection.normalization") for s, full in _PROJ.items())
+_CVT_BLOCK = block_rows(qkv=[f"attention.attention.projection_{n}" for n in QKV]) + tuple(
+    row for s, full in _PROJ.items() for row in scoped(
+        (Row("conv", "convolution", "conv"), Row("bn", "normalization", "norm"),
+         Row("bn", "normalization", "bn_stats", collection="batch_stats")),
+        f"attn/conv_{s}/", f"attention.attention.convolution_projection_{full}"
+        ".convolution_projection."))
+
+
+def cvt_rows(module: CvT) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
+    """The key table of HF's CvT for a CvT module: (the rows under CvtForImageClassification's
+    `cvt.` prefix (all of CvtModel), the rows outside it (final norm, head))."""
+    rows: list[Row] = []
+    for i in range(len(module.widths)):
+        stage = (Row(f"stage_{i}_embed_conv", "embedding.convolution_embeddings.projection",
+                     "conv"),
+                 Row(f"stage_{i}_embed_norm", "embedding.convolution_embeddings.normalization",
+                     "norm"),
+                 *((Row(f"stage_{i}_cls_token", "cls_token"),) if module.class_token[i] else ()),
+                 *repeat(_CVT_BLOCK, module.depths[i], f"stage_{i}_blocks_{{}}/", "layers.{}."))
+        rows += scoped(stage, theirs=f"encoder.stages.{i}.")
+    top = ((Row("norm", "layernorm", "norm"),) if module.final_norm else ()) + \
+        (CLASSIFIER if module.num_classes > 0 else ())
+    return tuple(rows), top
 
 
 def _cvt_from_hf(cfg: Mapping[str, Any], arch: str) -> CvT:
@@ -77,16 +89,13 @@ def _cvt_from_hf(cfg: Mapping[str, Any], arch: str) -> CvT:
         raise ConversionError(f"config.json: per-stage entries {bad} do not match the {n} stages "
                               "of embed_dim.")
     classify = arch == "CvtForImageClassification"
-    num_classes = 0
-    if classify:
-        num_classes = len(cfg["id2label"]) if "id2label" in cfg else int(cfg.get("num_labels", 2))
-    return CvT(num_classes=num_classes, in_channels=int(cfg["num_channels"]),
-               dims=t("embed_dim"), depths=t("depth"), heads=t("num_heads"),
-               mlp_ratios=t("mlp_ratio", float), patch_sizes=t("patch_sizes"),
+    return CvT(num_classes=_num_labels(cfg) if classify else 0, in_channels=int(cfg["num_channels"]),
+               widths=t("embed_dim"), depths=t("depth"), num_heads=t("num_heads"),
+               mlp_ratio=t("mlp_ratio", float), patch_sizes=t("patch_sizes"),
                patch_strides=t("patch_stride"), patch_paddings=t("patch_padding"),
                kernel_qkv=t("kernel_qkv"), stride_q=t("stride_q"), stride_kv=t("stride_kv"),
                padding_q=t("padding_q"), padding_kv=t("padding_kv"),
-               cls_token=t("cls_token", bool), qkv_bias=t("qkv_bias", bool),
+               class_token=t("cls_token", bool), qkv_bias=t("qkv_bias", bool),
                dropout=t("drop_rate", float), attn_dropout=t("attention_drop_rate", float),
                drop_path_rate=t("drop_path_rate", float), act="gelu", layer_norm_eps=1e-5,
                bn_momentum=0.9, bn_eps=1e-5, final_norm=classify)
@@ -105,24 +114,9 @@ def load_cvt(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
     module = _cvt_from_hf(cfg, arch)
     sd = StateDict(_canonical(read_hf_weights(folder)), str(folder))
     p, stats = Params(sd), Params(sd)
-    for i in range(len(module.dims)):
-        src = f"encoder.stages.{i}."
-        p.conv(f"stage_{i}_embed_conv", f"{src}embedding.convolution_embeddings.projection")
-        p.norm(f"stage_{i}_embed_norm", f"{src}embedding.convolution_embeddings.normalization")
-        if module.cls_token[i]:
-            p.array(f"stage_{i}_cls_token", f"{src}cls_token")
-        for j in range(module.depths[i]):
-            for dst, key, kind in _HF_BLOCK:
-                getattr(p, kind)(f"stage_{i}_blocks_{j}/{dst}", f"{src}layers.{j}.{key}")
-            for dst, key in _HF_BN:
-                for ours, theirs in (("mean", "running_mean"), ("var", "running_var")):
-                    stats.array(f"stage_{i}_blocks_{j}/{dst}/{ours}",
-                                f"{src}layers.{j}.{key}.{theirs}")
+    backbone, top = cvt_rows(module)
+    import_rows(backbone + top, {"params": p, "batch_stats": stats})
     sd.drop(r".*\.num_batches_tracked")  # torch's BatchNorm step counter: unused in eval
-    if module.final_norm:
-        p.norm("norm", "layernorm")
-    if module.num_classes > 0:
-        p.dense("head", "classifier")
 
     h, w = pair(module.image_size)
     images = jax.ShapeDtypeStruct((1, h, w, module.in_channels), jnp.float32)
@@ -139,27 +133,41 @@ def load_cvt(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
 def _hf_unsupported(module: CvT) -> list[str]:
     """Settings of a vit_jax CvT that transformers' CvT cannot express."""
     bad = []
-    n = len(module.dims)
+    n = len(module.widths)
     if module.act != "gelu":
         bad.append(f"act={module.act!r} (HF CvT's MLP is exact GELU)")
     if module.layer_norm_eps != 1e-5 or module.bn_eps != 1e-5:
         bad.append("layer_norm_eps / bn_eps other than 1e-5 (HF uses torch's defaults)")
-    if any(bool(c) for c in tuple(module.cls_token)[:-1]):
+    if any(bool(c) for c in tuple(module.class_token)[:-1]):
         bad.append("a class token before the last stage (HF sizes it for the last stage)")
     if module.num_classes > 0 and not module.final_norm:
         bad.append("final_norm=False with a head (HF's classifier always has its layernorm)")
     if module.bn_momentum != 0.9:
         bad.append(f"bn_momentum={module.bn_momentum} (HF uses torch's 0.1, i.e. 0.9 here)")
-    for name in ("depths", "heads", "mlp_ratios", "patch_sizes", "patch_strides",
+    for name in ("depths", "num_heads", "mlp_ratio", "patch_sizes", "patch_strides",
                  "patch_paddings", "kernel_qkv", "stride_q", "stride_kv", "padding_q",
-                 "padding_kv", "cls_token"):
-        if len(tuple(getattr(module, name))) != n:
+                 "padding_kv", "class_token"):
+        value = getattr(module, name)
+        # mlp_ratio may be one value for every stage (written out per stage by _stage_list)
+        if name == "mlp_ratio" and not isinstance(value, (list, tuple)):
+            continue
+        if len(tuple(value)) != n:
             bad.append(f"{name} does not have one entry per stage")
     return bad
 
 
 def _stage_list(value: Any, n: int, fn: Any) -> list:
     return [fn(v) for v in value] if isinstance(value, (list, tuple)) else [fn(value)] * n
+
+
+def to_hf_state(module: CvT, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """vit_jax CvT variables ({"params", "batch_stats"}) -> HF CvT tensors: a
+    CvtForImageClassification's when there is a head or a final norm, else a CvtModel's."""
+    classify = module.num_classes > 0 or module.final_norm
+    backbone, top = cvt_rows(module)
+    return export_rows(scoped(backbone, theirs="cvt." if classify else "") + top,
+                       {c: variables[c] for c in ("params", "batch_stats")},
+                       type(module).__name__)
 
 
 def save_cvt_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
@@ -177,63 +185,20 @@ def save_cvt_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLik
         raise ConversionError("Hugging Face's CvT cannot express: " + "; ".join(bad) + ".")
     if "batch_stats" not in variables:
         raise ConversionError("variables need the BatchNorm running statistics ('batch_stats').")
-    params = flatten(variables["params"])
-    stats = flatten(variables["batch_stats"])
     classify = module.num_classes > 0 or module.final_norm
-    prefix = "cvt." if classify else ""
-    out: dict[str, np.ndarray] = {}
-
-    def get(tree: dict, key: str) -> np.ndarray:
-        if key not in tree:
-            raise ConversionError(
-                f"variables have no {key!r}; is this {type(module).__name__}'s tree?")
-        return np.asarray(tree[key], np.float32)
-
-    def put(kind: str, dst: str, src: str) -> None:
-        if kind == "dense":
-            out[f"{src}.weight"] = get(params, f"{dst}/kernel").T
-            if f"{dst}/bias" in params:
-                out[f"{src}.bias"] = get(params, f"{dst}/bias")
-        elif kind == "conv":  # flax (kh, kw, in, out) -> torch (out, in, kh, kw)
-            out[f"{src}.weight"] = get(params, f"{dst}/kernel").transpose(3, 2, 0, 1)
-            if f"{dst}/bias" in params:
-                out[f"{src}.bias"] = get(params, f"{dst}/bias")
-        elif kind == "norm":
-            out[f"{src}.weight"] = get(params, f"{dst}/scale")
-            out[f"{src}.bias"] = get(params, f"{dst}/bias")
-        else:
-            out[src] = get(params, dst)
-
-    n = len(module.dims)
-    for i in range(n):
-        src = f"{prefix}encoder.stages.{i}."
-        put("conv", f"stage_{i}_embed_conv", f"{src}embedding.convolution_embeddings.projection")
-        put("norm", f"stage_{i}_embed_norm", f"{src}embedding.convolution_embeddings.normalization")
-        if module.cls_token[i]:
-            put("array", f"stage_{i}_cls_token", f"{src}cls_token")
-        for j in range(module.depths[i]):
-            for dst, key, kind in _HF_BLOCK:
-                put(kind, f"stage_{i}_blocks_{j}/{dst}", f"{src}layers.{j}.{key}")
-            for dst, key in _HF_BN:
-                base = f"{src}layers.{j}.{key}"
-                out[f"{base}.running_mean"] = get(stats, f"stage_{i}_blocks_{j}/{dst}/mean")
-                out[f"{base}.running_var"] = get(stats, f"stage_{i}_blocks_{j}/{dst}/var")
-                out[f"{base}.num_batches_tracked"] = np.zeros((), np.int64)
-    if classify:
-        put("norm", "norm", "layernorm")
-        if module.num_classes > 0:
-            put("dense", "head", "classifier")
-
+    out = to_hf_state(module, variables)
+    n = len(module.widths)
     lst = lambda v, fn=int: _stage_list(v, n, fn)  # noqa: E731
     cfg: dict[str, Any] = {
         "architectures": ["CvtForImageClassification" if classify else "CvtModel"],
         "model_type": "cvt", "num_channels": module.in_channels,
-        "embed_dim": lst(module.dims), "depth": lst(module.depths), "num_heads": lst(module.heads),
-        "mlp_ratio": lst(module.mlp_ratios, float), "patch_sizes": lst(module.patch_sizes),
+        "embed_dim": lst(module.widths), "depth": lst(module.depths),
+        "num_heads": lst(module.num_heads),
+        "mlp_ratio": lst(module.mlp_ratio, float), "patch_sizes": lst(module.patch_sizes),
         "patch_stride": lst(module.patch_strides), "patch_padding": lst(module.patch_paddings),
         "kernel_qkv": lst(module.kernel_qkv), "stride_q": lst(module.stride_q),
         "stride_kv": lst(module.stride_kv), "padding_q": lst(module.padding_q),
-        "padding_kv": lst(module.padding_kv), "cls_token": lst(module.cls_token, bool),
+        "padding_kv": lst(module.padding_kv), "cls_token": lst(module.class_token, bool),
         "qkv_bias": lst(module.qkv_bias, bool), "qkv_projection_method": ["dw_bn"] * n,
         "drop_rate": lst(module.dropout, float),
         "attention_drop_rate": lst(module.attn_dropout, float),
@@ -243,4 +208,4 @@ def save_cvt_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLik
     return write_hf_folder(folder, cfg, out, module.num_classes if classify else None, id2label)
 
 
-__all__ = ["load_cvt", "save_cvt_hf"]
+__all__ = ["cvt_rows", "load_cvt", "save_cvt_hf", "to_hf_state"]

@@ -35,7 +35,8 @@ from typing import Any, Mapping
 import flax.linen as nn
 import numpy as np
 
-from vit_jax.convert.hf_vit import _hf_act
+from vit_jax.convert.hf_vit import _hf_act, vit_rows
+from vit_jax.convert.tables import QKV, Row, block_rows, import_rows
 from vit_jax.convert.weights import (ConversionError, Params, StateDict, Variables, canonical_keys,
                                      dummy_images, finish, pair, read_hf_weights)
 from vit_jax.models.vit import ViT
@@ -55,17 +56,16 @@ _DINOV2_VIT: dict[str, Any] = dict(
     width=768, depth=12, num_heads=12, mlp_dim=3072, image_size=224, patch_size=14,
     in_channels=3, layer_norm_eps=1e-6, init_values=1.0, act="gelu")
 
-# (vit_jax block sub-path, HF layer sub-key, kind).
-_HF_BLOCK = (("norm1", "norm1", "norm"),
-             ("attn/query", "attention.attention.query", "dense"),
-             ("attn/key", "attention.attention.key", "dense"),
-             ("attn/value", "attention.attention.value", "dense"),
-             ("attn/out", "attention.output.dense", "dense"),
-             ("ls1/gamma", "layer_scale1.lambda1", "array"),
-             ("norm2", "norm2", "norm"),
-             ("mlp/fc1", "mlp.fc1", "dense"),
-             ("mlp/fc2", "mlp.fc2", "dense"),
-             ("ls2/gamma", "layer_scale2.lambda1", "array"))
+# HF DINOv2's layer: HF ViT's attention names, timm's norm / MLP names, and layer scale.
+_DINOV2_BLOCK = block_rows(qkv=[f"attention.attention.{n}" for n in QKV],
+                           norms=("norm1", "norm2"), mlp=("mlp.fc1", "mlp.fc2"),
+                           layer_scale=("layer_scale1.lambda1", "layer_scale2.lambda1"))
+
+
+def dinov2_rows(depth: int) -> tuple[Row, ...]:
+    """The key table of HF's Dinov2Model (no prefix): HF ViT's encoder with DINOv2's layers."""
+    return vit_rows(depth, _DINOV2_BLOCK)
+
 
 # transformers >= 5 module names (a raw state_dict) -> the file layout transformers writes.
 _HF_RENAMES = ((r"\.attention\.q_proj\.", ".attention.attention.query."),
@@ -114,13 +114,7 @@ def dinov2_params(sd: StateDict, depth: int) -> Params:
     """ViT params (unscanned layout) from HF Dinov2Model names without prefix; see the
     module docstring.  Missing keys are recorded in `sd` (sd.finish() / finish() report them)."""
     p = Params(sd)
-    p.conv("embedding", "embeddings.patch_embeddings.projection")
-    p.array("cls_token", "embeddings.cls_token")
-    p.array("pos_embed", "embeddings.position_embeddings")
-    for i in range(depth):
-        for dst, src, kind in _HF_BLOCK:
-            getattr(p, kind)(f"blocks_{i}/{dst}", f"encoder.layer.{i}.{src}")
-    p.norm("norm", "layernorm")
+    import_rows(dinov2_rows(depth), p)
     sd.drop(r"embeddings\.mask_token")  # only used for masked inputs (bool_masked_pos)
     return p
 

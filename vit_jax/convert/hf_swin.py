@@ -15,7 +15,6 @@ vit_jax clamps (reading the table's centre), which is what the official code doe
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,10 +22,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax.convert.hf_vit import _HF_ACTS, _TO_HF_ACTS, _num_labels
+from vit_jax.convert.hf_vit import _HF_ACTS, _TO_HF_ACTS, CLASSIFIER, _num_labels
+from vit_jax.convert.tables import QKV, Row, block_rows, export_rows, import_rows, repeat, scoped
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     finish, flatten, read_hf_weights, canonical_keys,
-                                     write_hf_folder)
+                                     canonical_keys, finish, read_hf_weights, write_hf_folder)
 from vit_jax.models.swin import Swin
 
 # HF SwinConfig defaults (configuration_swin.py) for keys absent from config.json.
@@ -36,17 +35,24 @@ _HF_DEFAULTS: dict[str, Any] = dict(
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.1,
     hidden_act="gelu", use_absolute_embeddings=False, layer_norm_eps=1e-5)
 
-# (vit_jax block sub-path, HF block sub-key (hub layout), kind): one table for reading and writing.
-_HF_BLOCK = (("norm1", "layernorm_before", "norm"),
-             ("attn/query", "attention.self.query", "dense"),
-             ("attn/key", "attention.self.key", "dense"),
-             ("attn/value", "attention.self.value", "dense"),
-             ("attn/relative_position_bias_table", "attention.self.relative_position_bias_table",
-              "array"),
-             ("attn/out", "attention.output.dense", "dense"),
-             ("norm2", "layernorm_after", "norm"),
-             ("mlp/fc1", "intermediate.dense", "dense"),
-             ("mlp/fc2", "output.dense", "dense"))
+# HF Swin's block (hub layout): HF ViT's BERT-style names, q / k / v under attention.self,
+# plus the relative position bias table.
+_SWIN_BLOCK = block_rows(qkv=[f"attention.self.{n}" for n in QKV]) + (
+    Row("attn/relative_position_bias_table", "attention.self.relative_position_bias_table"),)
+_MERGE = (Row("norm", "norm", "norm"), Row("reduction", "reduction", "dense"))
+
+
+def swin_rows(module: Swin) -> tuple[Row, ...]:
+    """The key table of HF's SwinModel (no `swin.` prefix, no head) for a Swin module."""
+    rows = [Row("patch_embed", "embeddings.patch_embeddings.projection", "conv"),
+            Row("patch_norm", "embeddings.norm", "norm")]
+    for i, depth in enumerate(module.depths):
+        rows += repeat(_SWIN_BLOCK, depth, f"layers_{i}/blocks_{{}}/",
+                       f"encoder.layers.{i}.blocks.{{}}.")
+        if i < len(module.depths) - 1:  # every stage but the last ends with patch merging
+            rows += scoped(_MERGE, f"layers_{i}/downsample/", f"encoder.layers.{i}.downsample.")
+    return (*rows, Row("norm", "layernorm", "norm"))
+
 
 # transformers >= 5 module names -> the hub checkpoint layout.
 _HF_RENAMES = ((r"\.attention\.q_proj\.", ".attention.self.query."),
@@ -82,7 +88,7 @@ def _swin_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConversionError(f"config.json hidden_act={act!r} has no vit_jax counterpart; "
                               f"supported: {sorted(_HF_ACTS)}.")
     return dict(patch_size=_int(cfg["patch_size"], "patch_size"),
-                embed_dim=int(cfg["embed_dim"]), depths=tuple(int(d) for d in cfg["depths"]),
+                width=int(cfg["embed_dim"]), depths=tuple(int(d) for d in cfg["depths"]),
                 num_heads=tuple(int(h) for h in cfg["num_heads"]),
                 window_size=_int(cfg["window_size"], "window_size"),
                 mlp_ratio=float(cfg["mlp_ratio"]), qkv_bias=bool(cfg["qkv_bias"]),
@@ -104,19 +110,7 @@ def load_swin(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
     classify = arch == "SwinForImageClassification"
     module = Swin(num_classes=_num_labels(cfg) if classify else 0, **_swin_fields_from_hf(cfg))
     p = Params(sd)
-    p.conv("patch_embed", "embeddings.patch_embeddings.projection")
-    p.norm("patch_norm", "embeddings.norm")
-    for i, depth in enumerate(module.depths):
-        for j in range(depth):
-            for dst, src, kind in _HF_BLOCK:
-                getattr(p, kind)(f"layers_{i}/blocks_{j}/{dst}",
-                                 f"encoder.layers.{i}.blocks.{j}.{src}")
-        if i < len(module.depths) - 1:
-            p.norm(f"layers_{i}/downsample/norm", f"encoder.layers.{i}.downsample.norm")
-            p.dense(f"layers_{i}/downsample/reduction", f"encoder.layers.{i}.downsample.reduction")
-    p.norm("norm", "layernorm")
-    if classify:
-        p.dense("head", "classifier")
+    import_rows(swin_rows(module) + (CLASSIFIER if classify else ()), p)
     # Recomputed buffers (older files store them) and the SimMIM mask token: no parameters here.
     sd.drop(r".*relative_position_index")
     sd.drop(r"embeddings\.mask_token")
@@ -127,40 +121,12 @@ def load_swin(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
 
 # ============================================================================ export
 
-def _to_hf_state(module: Swin, params: Mapping) -> dict[str, np.ndarray]:
+def to_hf_state(module: Swin, params: Mapping) -> dict[str, np.ndarray]:
     """vit_jax Swin params -> HF Swin(Model|ForImageClassification) tensors (hub names)."""
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    pre = "swin." if module.num_classes > 0 else ""
-    out: dict[str, np.ndarray] = {}
-
-    def dense(src: str, dst: str) -> None:
-        out[f"{dst}.weight"] = flat[f"{src}/kernel"].T
-        if f"{src}/bias" in flat:
-            out[f"{dst}.bias"] = flat[f"{src}/bias"]
-
-    def norm(src: str, dst: str) -> None:
-        out[f"{dst}.weight"], out[f"{dst}.bias"] = flat[f"{src}/scale"], flat[f"{src}/bias"]
-
-    out[f"{pre}embeddings.patch_embeddings.projection.weight"] = \
-        flat["patch_embed/kernel"].transpose(3, 2, 0, 1)
-    out[f"{pre}embeddings.patch_embeddings.projection.bias"] = flat["patch_embed/bias"]
-    norm("patch_norm", f"{pre}embeddings.norm")
-    for i, depth in enumerate(module.depths):
-        for j in range(depth):
-            for dst, src, kind in _HF_BLOCK:
-                a, b = f"layers_{i}/blocks_{j}/{dst}", f"{pre}encoder.layers.{i}.blocks.{j}.{src}"
-                if kind == "array":
-                    out[b] = flat[a]
-                else:
-                    (dense if kind == "dense" else norm)(a, b)
-        if i < len(module.depths) - 1:
-            norm(f"layers_{i}/downsample/norm", f"{pre}encoder.layers.{i}.downsample.norm")
-            dense(f"layers_{i}/downsample/reduction",
-                  f"{pre}encoder.layers.{i}.downsample.reduction")
-    norm("norm", f"{pre}layernorm")
-    if module.num_classes > 0:
-        dense("head", "classifier")
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+    classify = module.num_classes > 0
+    rows = scoped(swin_rows(module), theirs="swin." if classify else "") + \
+        (CLASSIFIER if classify else ())
+    return export_rows(rows, {"params": params}, "a Swin")
 
 
 def save_swin_hf(module: Swin, variables: Mapping[str, Any], folder: PathLike,
@@ -178,13 +144,13 @@ def save_swin_hf(module: Swin, variables: Mapping[str, Any], folder: PathLike,
     if module.act not in _TO_HF_ACTS:
         raise ConversionError(f"Hugging Face's Swin cannot express act={module.act!r}.")
     params = variables["params"] if "params" in variables else variables
-    tensors = _to_hf_state(module, params)
+    tensors = to_hf_state(module, params)
     classify = module.num_classes > 0
     cfg: dict[str, Any] = {
         "architectures": ["SwinForImageClassification" if classify else "SwinModel"],
         "model_type": "swin",
         "image_size": module.image_size, "patch_size": module.patch_size,
-        "num_channels": module.in_channels, "embed_dim": module.embed_dim,
+        "num_channels": module.in_channels, "embed_dim": module.width,
         "depths": list(module.depths), "num_heads": list(module.num_heads),
         "window_size": module.window_size, "mlp_ratio": module.mlp_ratio,
         "qkv_bias": module.qkv_bias, "hidden_dropout_prob": module.dropout,
@@ -196,4 +162,4 @@ def save_swin_hf(module: Swin, variables: Mapping[str, Any], folder: PathLike,
     return write_hf_folder(folder, cfg, tensors, module.num_classes if classify else None, id2label)
 
 
-__all__ = ["load_swin", "save_swin_hf"]
+__all__ = ["load_swin", "save_swin_hf", "swin_rows", "to_hf_state"]

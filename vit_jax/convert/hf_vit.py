@@ -4,16 +4,17 @@ ViTForImageClassification folder).  What each architecture becomes: see vit_jax.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
 import numpy as np
 
+from vit_jax.convert.tables import (QKV, Row, block_rows, export_rows, import_rows, repeat,
+                                    scoped)
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
-                                     check_fixed_posemb, dummy_images, finish, flatten,
-                                     mae_init_args, make_mae, pair, read_hf_weights, canonical_keys,
+                                     canonical_keys, check_fixed_posemb, dummy_images, finish,
+                                     flatten, mae_init_args, make_mae, pair, read_hf_weights,
                                      write_hf_folder)
 from vit_jax.models.vit import ViT, unscan_params
 
@@ -37,15 +38,39 @@ _TO_HF_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "gelu_new": "ge
                "gelu_pytorch_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu",
                "relu": "relu", "silu": "silu", "swish": "swish"}
 
-# (vit_jax block sub-path, HF layer sub-key, kind): one table for reading and writing.
-_HF_BLOCK = (("norm1", "layernorm_before", "norm"),
-             ("attn/query", "attention.attention.query", "dense"),
-             ("attn/key", "attention.attention.key", "dense"),
-             ("attn/value", "attention.attention.value", "dense"),
-             ("attn/out", "attention.output.dense", "dense"),
-             ("norm2", "layernorm_after", "norm"),
-             ("mlp/fc1", "intermediate.dense", "dense"),
-             ("mlp/fc2", "output.dense", "dense"))
+# HF ViT's transformer block: the BERT-style names (Swin and CvT share all but q / k / v).
+VIT_BLOCK = block_rows(qkv=[f"attention.attention.{n}" for n in QKV])
+
+
+def vit_rows(depth: int, block: tuple[Row, ...] = VIT_BLOCK,
+             learned_posemb: bool = True) -> tuple[Row, ...]:
+    """The key table of an HF ViT-style encoder (ViT, ViTMAE, DINOv2; no `vit.` prefix, no
+    head).  learned_posemb=False leaves out ViTMAE's fixed table (not a parameter here)."""
+    posemb = (Row("pos_embed", "embeddings.position_embeddings"),) if learned_posemb else ()
+    return (Row("embedding", "embeddings.patch_embeddings.projection", "conv"),
+            Row("cls_token", "embeddings.cls_token"), *posemb,
+            *repeat(block, depth, "blocks_{}/", "encoder.layer.{}."),
+            Row("norm", "layernorm", "norm"))
+
+
+def mae_decoder_rows(depth: int, block: tuple[Row, ...], layers: str) -> tuple[Row, ...]:
+    """vit_jax.models.mae.MAE's decoder (its fixed pos-emb left out) under MAE's names, which
+    HF's ViTMAEForPreTraining keeps under `decoder.`; `layers`: the blocks' key."""
+    return (Row("decoder_embed", "decoder_embed", "dense"), Row("mask_token", "mask_token"),
+            *repeat(block, depth, "decoder_blocks_{}/", layers + ".{}."),
+            Row("decoder_norm", "decoder_norm", "norm"),
+            Row("decoder_pred", "decoder_pred", "dense"))
+
+
+def mae_rows(module: nn.Module) -> tuple[Row, ...]:
+    """The key table of HF's ViTMAEForPreTraining (no `vit.` prefix) for an MAE module."""
+    return (scoped(vit_rows(module.encoder.depth, learned_posemb=False), ours="encoder/")
+            + scoped(mae_decoder_rows(module.decoder_depth, VIT_BLOCK, "decoder_layers"),
+                     theirs="decoder."))
+
+
+# The classification head of every HF *ForImageClassification (outside the backbone's prefix).
+CLASSIFIER = (Row("head", "classifier", "dense"),)
 
 # transformers >= 5 module names (and its saving quirk for the MAE decoder) -> the file layout.
 _HF_RENAMES = ((r"^layers\.(\d+)\.", r"encoder.layer.\1."),
@@ -92,26 +117,11 @@ def _vit_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 norm_layer="layernorm", init_values=None, fused_qkv=False, patch_bias=True)
 
 
-def _hf_blocks(p: Params, dst_prefix: str, src_prefix: str, depth: int) -> None:
-    for i in range(depth):
-        for dst, src, kind in _HF_BLOCK:
-            getattr(p, kind)(f"{dst_prefix}{i}/{dst}", f"{src_prefix}{i}.{src}")
-
-
-def _hf_encoder(p: Params, module: ViT, learned_posemb: bool, check_posemb: bool,
-                dst: str = "") -> None:
-    """HF ViT / ViTMAE encoder keys (without the `vit.` prefix) -> ViT params under `dst`."""
-    p.conv(f"{dst}embedding", "embeddings.patch_embeddings.projection")
-    p.array(f"{dst}cls_token", "embeddings.cls_token")
-    if learned_posemb:
-        p.array(f"{dst}pos_embed", "embeddings.position_embeddings")
-    else:
-        key = "embeddings.position_embeddings"
-        value = p.sd.take(key, optional=True)
-        if check_posemb:
-            check_fixed_posemb(value, key, module.base_grid, module.width)
-    _hf_blocks(p, f"{dst}blocks_", "encoder.layer.", module.depth)
-    p.norm(f"{dst}norm", "layernorm")
+def _check_posemb(p: Params, key: str, grid: tuple[int, int], dim: int, check: bool) -> None:
+    """Consume a stored fixed sin-cos table (recomputed here), checking it if asked."""
+    value = p.sd.take(key, optional=True)
+    if check:
+        check_fixed_posemb(value, key, grid, dim)
 
 
 def _num_labels(cfg: Mapping[str, Any]) -> int:
@@ -129,10 +139,11 @@ def load_vit(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
     module = ViT(num_classes=_num_labels(cfg) if classify else 0,
                  posemb="sincos2d" if mae else "learn", **_vit_fields_from_hf(cfg))
     p = Params(sd)
-    _hf_encoder(p, module, learned_posemb=not mae, check_posemb=check_posemb)
-    if classify:
-        p.dense("head", "classifier")
-    else:
+    import_rows(vit_rows(module.depth, learned_posemb=not mae) + (CLASSIFIER if classify else ()), p)
+    if mae:
+        _check_posemb(p, "embeddings.position_embeddings", module.base_grid, module.width,
+                      check_posemb)
+    if not classify:
         sd.drop(r"pooler\.dense\.(weight|bias)")   # HF's dense+tanh pooler: no counterpart
     sd.drop(r"embeddings\.mask_token")              # only used by masked-image-modeling heads
     return finish(module, p, (dummy_images(module),), {}, arch, overrides)
@@ -150,16 +161,11 @@ def load_vit_mae_pretraining(folder: Path, cfg: Mapping[str, Any], arch: str, ov
                       mask_ratio=float(cfg["mask_ratio"]),
                       norm_pix_loss=bool(cfg["norm_pix_loss"]))
     p = Params(sd)
-    _hf_encoder(p, encoder, learned_posemb=False, check_posemb=check_posemb, dst="encoder/")
-    p.dense("decoder_embed", "decoder.decoder_embed")
-    p.array("mask_token", "decoder.mask_token")
-    key = "decoder.decoder_pos_embed"
-    value = sd.take(key, optional=True)
-    if check_posemb:
-        check_fixed_posemb(value, key, encoder.base_grid, int(cfg["decoder_hidden_size"]))
-    _hf_blocks(p, "decoder_blocks_", "decoder.decoder_layers.", int(cfg["decoder_num_hidden_layers"]))
-    p.norm("decoder_norm", "decoder.decoder_norm")
-    p.dense("decoder_pred", "decoder.decoder_pred")
+    import_rows(mae_rows(module), p)
+    _check_posemb(p, "embeddings.position_embeddings", encoder.base_grid, encoder.width,
+                  check_posemb)
+    _check_posemb(p, "decoder.decoder_pos_embed", encoder.base_grid, module.decoder_width,
+                  check_posemb)
     args, kwargs = mae_init_args(module)
     return finish(module, p, args, kwargs, arch, overrides)
 
@@ -193,49 +199,34 @@ def _hf_unsupported(module: ViT) -> list[str]:
     return bad
 
 
-def _to_torch_dense(flat: Mapping[str, np.ndarray], src: str, dst: str,
-                    out: dict[str, np.ndarray]) -> None:
-    out[f"{dst}.weight"] = np.ascontiguousarray(flat[f"{src}/kernel"].T)
-    if f"{src}/bias" in flat:
-        out[f"{dst}.bias"] = flat[f"{src}/bias"]
+def _split_fused_qkv(flat: dict[str, np.ndarray], depth: int) -> None:
+    """A fused qkv kernel (D, 3D), columns [q | k | v] -> HF ViT's separate query/key/value."""
+    for i in range(depth):
+        attn = f"blocks_{i}/attn"
+        for leaf in ("kernel", "bias"):
+            if f"{attn}/qkv/{leaf}" in flat:
+                qkv = flat.pop(f"{attn}/qkv/{leaf}")
+                d = qkv.shape[-1] // 3
+                for j, name in enumerate(QKV):
+                    flat[f"{attn}/{name}/{leaf}"] = qkv[..., j * d:(j + 1) * d]
 
 
-def _vit_to_hf_state(module: ViT, params: Mapping) -> dict[str, np.ndarray]:
+def to_hf_state(module: ViT, params: Mapping) -> dict[str, np.ndarray]:
     """vit_jax ViT params -> HF ViT(Model|ForImageClassification) checkpoint tensors."""
     if "blocks" in params:  # scan layout
         params = unscan_params(dict(params))
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    pre = "vit." if module.num_classes > 0 else ""
-    out: dict[str, np.ndarray] = {}
-    kernel = flat["embedding/kernel"]
-    out[f"{pre}embeddings.patch_embeddings.projection.weight"] = np.ascontiguousarray(
-        kernel.transpose(3, 2, 0, 1))
+    flat = dict(flatten(params))
+    if module.fused_qkv:
+        _split_fused_qkv(flat, module.depth)
+    classify = module.num_classes > 0
+    pre = "vit." if classify else ""
+    rows = scoped(vit_rows(module.depth), theirs=pre) + (CLASSIFIER if classify else ())
+    out = export_rows(rows, {"params": flat}, "a ViT")
     # HF's patch conv always has a bias: a zero one reproduces patch_bias=False exactly.
-    out[f"{pre}embeddings.patch_embeddings.projection.bias"] = flat.get(
-        "embedding/bias", np.zeros(kernel.shape[-1], np.float32))
-    out[f"{pre}embeddings.cls_token"] = flat["cls_token"]
-    out[f"{pre}embeddings.position_embeddings"] = flat["pos_embed"]
-    for i in range(module.depth):
-        blk = f"blocks_{i}"
-        hf = f"{pre}encoder.layer.{i}"
-        if module.fused_qkv:  # qkv kernel (D, 3D) columns are [q | k | v]
-            qkv = flat[f"{blk}/attn/qkv/kernel"]
-            d = qkv.shape[1] // 3
-            for j, name in enumerate(("query", "key", "value")):
-                flat[f"{blk}/attn/{name}/kernel"] = qkv[:, j * d:(j + 1) * d]
-                if f"{blk}/attn/qkv/bias" in flat:
-                    flat[f"{blk}/attn/{name}/bias"] = flat[f"{blk}/attn/qkv/bias"][j * d:(j + 1) * d]
-        for dst, src, kind in _HF_BLOCK:
-            if kind == "norm":
-                out[f"{hf}.{src}.weight"] = flat[f"{blk}/{dst}/scale"]
-                out[f"{hf}.{src}.bias"] = flat[f"{blk}/{dst}/bias"]
-            else:
-                _to_torch_dense(flat, f"{blk}/{dst}", f"{hf}.{src}", out)
-    out[f"{pre}layernorm.weight"] = flat["norm/scale"]
-    out[f"{pre}layernorm.bias"] = flat["norm/bias"]
-    if module.num_classes > 0:
-        _to_torch_dense(flat, "head", "classifier", out)
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+    kernel = out[f"{pre}embeddings.patch_embeddings.projection.weight"]
+    out.setdefault(f"{pre}embeddings.patch_embeddings.projection.bias",
+                   np.zeros(kernel.shape[0], np.float32))
+    return out
 
 
 def save_vit_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLike,
@@ -254,7 +245,7 @@ def save_vit_hf(module: nn.Module, variables: Mapping[str, Any], folder: PathLik
     if bad:
         raise ConversionError("Hugging Face's ViT cannot express: " + "; ".join(bad) + ".")
     params = variables["params"] if "params" in variables else variables
-    tensors = _vit_to_hf_state(module, params)
+    tensors = to_hf_state(module, params)
     image, patch = pair(module.image_size), pair(module.patch_size)
     classify = module.num_classes > 0
     cfg: dict[str, Any] = {

@@ -11,6 +11,9 @@ from typing import Any, Mapping
 import flax.linen as nn
 import numpy as np
 
+from vit_jax import models
+from vit_jax.convert.hf_vit import mae_decoder_rows
+from vit_jax.convert.tables import Row, block_rows, import_rows, repeat, scoped
 from vit_jax.convert.weights import (ConversionError, Params, PathLike, StateDict, Variables,
                                      check_fixed_posemb, dummy_images, finish,
                                      flatten_torch_state, mae_init_args, make_mae, pair,
@@ -45,7 +48,6 @@ def _read_mae_file(path: Path) -> dict[str, np.ndarray]:
 
 
 def _named_vit(model_name: str, image_size: int) -> ViT:
-    from vit_jax import models
     m = _OFFICIAL_NAME.match(model_name)
     if m:
         return models.vit(m.group(1), int(m.group(2)), image_size)
@@ -55,15 +57,30 @@ def _named_vit(model_name: str, image_size: int) -> ViT:
     return module
 
 
-def _mae_blocks(p: Params, dst_prefix: str, src_prefix: str, depth: int) -> None:
-    for i in range(depth):
-        s, d = f"{src_prefix}{i}", f"{dst_prefix}{i}"
-        p.norm(f"{d}/norm1", f"{s}.norm1")
-        p.fused_qkv(f"{d}/attn", f"{s}.attn.qkv")
-        p.dense(f"{d}/attn/out", f"{s}.attn.proj")
-        p.norm(f"{d}/norm2", f"{s}.norm2")
-        p.dense(f"{d}/mlp/fc1", f"{s}.mlp.fc1")
-        p.dense(f"{d}/mlp/fc2", f"{s}.mlp.fc2")
+# timm's Block (the official code builds on it): q / k / v fused into one Linear.
+_MAE_BLOCK = block_rows(qkv="attn.qkv", out="attn.proj", norms=("norm1", "norm2"),
+                        mlp=("mlp.fc1", "mlp.fc2"))
+
+
+def official_rows(module: nn.Module) -> tuple[Row, ...]:
+    """The key table of an official MAE file for the module load_mae_checkpoint builds: an MAE
+    (encoder + decoder, fixed pos-embs left out) or a ViT (encoder-only / fine-tuned)."""
+    if isinstance(module, ViT):
+        encoder, ours = module, ""
+    else:
+        encoder, ours = module.encoder, "encoder/"
+    rows = (Row("embedding", "patch_embed.proj", "conv"), Row("cls_token", "cls_token"),
+            *((Row("pos_embed", "pos_embed"),) if encoder.posemb == "learn" else ()),
+            *repeat(_MAE_BLOCK, encoder.depth, "blocks_{}/", "blocks.{}."))
+    # fine-tuned (global pool): fc_norm instead of the final norm
+    norm = "fc_norm" if encoder._use_fc_norm else "norm"
+    rows += (Row(norm, norm, "norm"),)
+    if encoder.num_classes > 0:
+        rows += (Row("head", "head", "dense"),)
+    rows = scoped(rows, ours=ours)
+    if encoder is not module:
+        rows += mae_decoder_rows(module.decoder_depth, _MAE_BLOCK, "decoder_blocks")
+    return rows
 
 
 def _need(sd: StateDict, key: str, path: Path) -> np.ndarray:
@@ -146,18 +163,9 @@ def load_mae_checkpoint(path: PathLike, model_name: str | None = None, *,
         gap = "fc_norm.weight" in sd
         module = ViT(num_classes=0 if head is None else int(head.shape[0]),
                      pool="gap" if gap else "token", fc_norm=gap, posemb="learn", **vit_kw)
-        p.conv("embedding", "patch_embed.proj")
-        p.array("cls_token", "cls_token")
-        p.array("pos_embed", "pos_embed")
-        _mae_blocks(p, "blocks_", "blocks.", depth)
-        if gap:
-            p.norm("fc_norm", "fc_norm")
-        else:
-            p.norm("norm", "norm")
-        if head is not None:
-            p.dense("head", "head")
+        import_rows(official_rows(module), p)
         return finish(module, p, (dummy_images(module),), {},
-                       "ViT (MAE fine-tuned)", overrides)
+                      "ViT (MAE fine-tuned)", overrides)
 
     dw = _need(sd, "decoder_embed.weight", path)
     dec_width = int(dw.shape[0])
@@ -170,21 +178,12 @@ def load_mae_checkpoint(path: PathLike, model_name: str | None = None, *,
                       decoder_heads=int(dec_heads), decoder_mlp_dim=dec_mlp,
                       mask_ratio=float(overrides.pop("mask_ratio", 0.75)),
                       norm_pix_loss=bool(overrides.pop("norm_pix_loss", True)))
-    p.conv("encoder/embedding", "patch_embed.proj")
-    p.array("encoder/cls_token", "cls_token")
-    value = sd.take("pos_embed")
-    if check_posemb:
-        check_fixed_posemb(value, "pos_embed", encoder.base_grid, width)
-    _mae_blocks(p, "encoder/blocks_", "blocks.", depth)
-    p.norm("encoder/norm", "norm")
-    p.dense("decoder_embed", "decoder_embed")
-    p.array("mask_token", "mask_token")
-    value = sd.take("decoder_pos_embed", optional=True)
-    if check_posemb:
-        check_fixed_posemb(value, "decoder_pos_embed", encoder.base_grid, dec_width)
-    _mae_blocks(p, "decoder_blocks_", "decoder_blocks.", dec_depth)
-    p.norm("decoder_norm", "decoder_norm")
-    p.dense("decoder_pred", "decoder_pred")
+    import_rows(official_rows(module), p)
+    # The fixed sin-cos tables are recomputed, not parameters: checked, then dropped.
+    for key, dim, optional in (("pos_embed", width, False),
+                               ("decoder_pos_embed", dec_width, True)):
+        value = sd.take(key, optional=optional)
+        if check_posemb:
+            check_fixed_posemb(value, key, encoder.base_grid, dim)
     args, kwargs = mae_init_args(module)
     return finish(module, p, args, kwargs, "MAE (pre-training)", overrides)
-

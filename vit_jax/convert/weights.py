@@ -2,9 +2,10 @@
 
 Files: safetensors (numpy, or torch for bfloat16), torch.load(weights_only=True) state dicts,
 Hugging Face folders (single or sharded).  Bookkeeping: `StateDict` hands out checkpoint
-tensors and reports missing / unused keys; `Params` builds the flax tree from them (torch
-Linear / Conv2d / LayerNorm layouts -> flax); `finish` applies overrides and checks every
-name and shape against the module's own tree.  All errors are `ConversionError`.
+tensors and reports missing / unused keys; `Params` collects the flax leaves built from them
+(which tensor goes where, in which layout: the key tables of tables.py); `finish` applies
+overrides and checks every name and shape against the module's own tree.  All errors are
+`ConversionError`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.layers import sincos_2d
+from vit_jax.models.mae import MAE
 from vit_jax.models.vit import ViT, scan_params
 
 Variables = dict[str, Any]
@@ -146,7 +148,8 @@ class StateDict:
 
 
 class Params:
-    """Builds a flax params tree from torch tensors, remembering each leaf's source key."""
+    """Builds a flax params tree from torch tensors, remembering each leaf's source key (for
+    the shape check's messages).  What goes where: the key tables of vit_jax.convert.tables."""
 
     def __init__(self, sd: StateDict):
         self.sd = sd
@@ -161,35 +164,6 @@ class Params:
         # A tensor of the wrong rank is kept as is: the shape check then names it.
         self.flat[dst] = fn(value) if fn is not None and (ndim is None or value.ndim == ndim) \
             else value
-
-    def array(self, dst: str, src: str) -> None:
-        self.put(dst, self.sd.take(src), src)
-
-    def dense(self, dst: str, src: str) -> None:
-        """torch Linear `src`.{weight,bias} -> flax Dense `dst`/{kernel,bias} (bias optional)."""
-        self.put(f"{dst}/kernel", self.sd.take(f"{src}.weight"), f"{src}.weight", np.transpose, 2)
-        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias", optional=True), f"{src}.bias")
-
-    def conv(self, dst: str, src: str) -> None:
-        """torch Conv2d (out, in, kh, kw) -> flax Conv (kh, kw, in, out)."""
-        self.put(f"{dst}/kernel", self.sd.take(f"{src}.weight"), f"{src}.weight",
-                 lambda w: w.transpose(2, 3, 1, 0), 4)
-        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias", optional=True), f"{src}.bias")
-
-    def norm(self, dst: str, src: str) -> None:
-        self.put(f"{dst}/scale", self.sd.take(f"{src}.weight"), f"{src}.weight")
-        self.put(f"{dst}/bias", self.sd.take(f"{src}.bias"), f"{src}.bias")
-
-    def fused_qkv(self, dst: str, src: str) -> None:
-        """timm's fused qkv Linear (3D, D): rows are [q | k | v] -> separate query/key/value."""
-        w, b = self.sd.take(f"{src}.weight"), self.sd.take(f"{src}.bias", optional=True)
-        for i, name in enumerate(("query", "key", "value")):
-            if w is not None:
-                d = w.shape[0] // 3
-                self.put(f"{dst}/{name}/kernel", w[i * d:(i + 1) * d], f"{src}.weight", np.transpose, 2)
-            if b is not None:
-                d = b.shape[0] // 3
-                self.put(f"{dst}/{name}/bias", b[i * d:(i + 1) * d], f"{src}.bias")
 
     def tree(self) -> dict:
         out: dict = {}
@@ -313,21 +287,11 @@ def check_fixed_posemb(value: np.ndarray | None, key: str, grid: tuple[int, int]
 
 # ============================================================================ MAE targets
 
-def _mae_class() -> type:
-    try:
-        from vit_jax.models.mae import MAE
-    except ImportError as e:
-        raise ConversionError("converting MAE pre-training weights needs "
-                              "vit_jax.models.mae.MAE, which could not be imported.") from e
-    return MAE
-
-
 def make_mae(encoder: ViT, decoder_width: int, decoder_depth: int, decoder_heads: int,
              decoder_mlp_dim: int, mask_ratio: float, norm_pix_loss: bool) -> nn.Module:
     """The MAE module of vit_jax.models.mae for an encoder ViT and decoder sizes."""
-    mae_cls = _mae_class()
     # The decoder's eps / act / qkv_bias default to the encoder's, as in HF's single config.
-    return mae_cls(encoder=encoder, decoder_width=decoder_width, decoder_depth=decoder_depth,
+    return MAE(encoder=encoder, decoder_width=decoder_width, decoder_depth=decoder_depth,
                    decoder_heads=decoder_heads, decoder_mlp_dim=decoder_mlp_dim,
                    mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
 
@@ -339,6 +303,7 @@ def mae_init_args(module: nn.Module) -> tuple[tuple, dict]:
     return (images,), {"noise": jax.ShapeDtypeStruct((1, gh * gw), jnp.float32)}
 
 
+# ============================================================================ HF folders
 
 def canonical_keys(tensors: Mapping[str, np.ndarray], folder: Path | str, prefix: str,
                    renames: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:

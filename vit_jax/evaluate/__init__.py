@@ -1,2 +1,3 @@
-"""Evaluation protocols for pre-trained backbones: fine-tuning (the supervised objective with
-config.init_from and optim.layer_decay), linear probe and k-NN on frozen features."""
+"""Evaluation: pure protocol functions (k-NN, features, attention maps) and the evaluators that
+`config.evals` names (evaluators.py). Nothing here imports an objective: evaluators receive the
+run's objective and read its declared `backbone`, `backbone_variables` and `eval_metrics`."""

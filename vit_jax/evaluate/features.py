@@ -11,21 +11,29 @@ from vit_jax import sharding
 from vit_jax.data import pipeline
 
 
+def pooled_features(module: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    """variables, images (B, H, W, C) -> the backbone's pooled features `out` (B, D), float32, eval mode."""
+    def fn(variables, images):
+        return module.apply(variables, images, train=False)[0].astype(jnp.float32)
+    return fn
+
+
 def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], params: Any, source: Any,
             transform: Callable, mesh: jax.sharding.Mesh, batch_size: int,
             workers: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D) float32, labels (N,)) in source order.
 
-    `feature_fn(params, images)` maps a global image batch (B, H, W, C) to (B, D); it is jitted
-    once here, with the parameters as an argument (not baked into the program as constants).
+    `feature_fn(params, images)` maps a global image batch (B, H, W, C) to (B, D); pass it
+    jitted (jax.jit) and reuse it, so repeated extractions compile once. The parameters are an
+    argument, not constants baked into the program.
     """
-    fn = jax.jit(lambda p, images: feature_fn(p, images).astype(jnp.float32))
     feats, labels = [], []
     for local in pipeline.eval_batches(source, transform, batch_size, jax.process_index(),
                                        jax.process_count(), workers):
         batch = sharding.global_batch(local, mesh)
-        out = sharding.to_host({"f": fn(params, batch["image"]), "y": batch["label"], "m": batch["mask"]})
+        out = sharding.to_host({"f": feature_fn(params, batch["image"]), "y": batch["label"],
+                                "m": batch["mask"]})
         keep = np.asarray(out["m"]) > 0
-        feats.append(np.asarray(out["f"])[keep])
+        feats.append(np.asarray(out["f"], np.float32)[keep])
         labels.append(np.asarray(out["y"])[keep])
     return np.concatenate(feats), np.concatenate(labels)

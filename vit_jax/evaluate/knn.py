@@ -1,29 +1,26 @@
-"""k-NN classification on frozen features (DINO's protocol).
+"""k-NN classification on frozen features (DINO's protocol), and the "knn" evaluator.
 
-Features are L2-normalised; each test image takes its k most cosine-similar training images,
+Features are L2-normalised; each query takes its k most cosine-similar memory images,
 weighted by exp(similarity / T), and predicts the class with the largest summed weight.
-As an objective ("knn", total_steps = 0) it evaluates the backbone of config.init_from (or a
-random one, the floor); other objectives call `knn_accuracy` during pre-training.
+The evaluator reads the objective's backbone (`backbone_variables`: a DINO/EsViT run's EMA
+teacher) and writes eval/<name>/top1_k<k>:
 
-    python -m vit_jax.main --config configs/mnist5k/knn.py:WORKDIR_OF_PRETRAINING --workdir DIR
+    config.evals.knn = dict(type="knn", ks=(10, 20), temperature=0.07)
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 
-from vit_jax import models
 from vit_jax.evaluate import features
-from vit_jax.objectives.supervised import backbone_kwargs
-from vit_jax.objectives import EvalContext, Objective, register
+from vit_jax.evaluate.context import EvalContext
 
-
-def default_config() -> mlc.ConfigDict:
-    return mlc.ConfigDict(dict(ks=(10, 20, 100, 200), temperature=0.07))
+DEFAULTS = dict(ks=(10, 20), temperature=0.07,
+                split="",          # the queries ("" = data.eval_split)
+                memory_split="")   # the labelled memory ("" = data.train_split)
 
 
 def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
@@ -53,53 +50,29 @@ def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
     return {k: np.concatenate(v) for k, v in preds.items()}
 
 
-def knn_accuracy(feature_fn: Callable, params, ctx: EvalContext, num_classes: int,
-                 ks: Sequence[int], temperature: float, prefix: str = "eval/knn") -> dict[str, float]:
-    """k-NN top-1 accuracy of `feature_fn` features: train split as memory, eval split as queries."""
-    cfg = ctx.config
-    train_x, train_y = features.extract(feature_fn, params, ctx.train_source, ctx.eval_transform, ctx.mesh,
-                                        cfg.eval_batch_size, cfg.data.workers)
-    test_x, test_y = features.extract(feature_fn, params, ctx.eval_source, ctx.eval_transform, ctx.mesh,
-                                      cfg.eval_batch_size, cfg.data.workers)
-    preds = knn_predict(train_x, train_y, test_x, num_classes, ks, temperature)
-    return {f"{prefix}/top1_k{k}": float(np.mean(p == test_y)) for k, p in preds.items()}
+def check(name: str, spec) -> None:
+    if not spec.ks or not all(int(k) > 0 for k in spec.ks) or not spec.temperature > 0:
+        raise ValueError(f"evals.{name}: ks must be positive integers and temperature > 0")
 
 
-class KNN(Objective):
-    """Evaluation only: k-NN accuracy of a (pre-trained) backbone's pooled features."""
-    name = "knn"
+def make(name: str, spec, ctx: EvalContext):
+    """state, step -> {"eval/<name>/top1_k<k>": accuracy}."""
+    objective, cfg = ctx.objective, ctx.config
+    num_classes = int(getattr(ctx.train_source, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise ValueError(f"evals.{name} (knn) needs a labelled dataset")
+    feature_fn = jax.jit(features.pooled_features(objective.backbone))
+    ks = tuple(int(k) for k in spec.ks)
 
-    def __init__(self, config, info):
-        super().__init__(config, info)
-        self.model = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
-
-    def check_config(self) -> None:
-        if self.config.total_steps != 0:
-            raise ValueError("the knn objective only evaluates: set total_steps=0")
-        if not self.config.data.eval_split:
-            raise ValueError("knn needs data.eval_split for the queries")
-        if not all(int(k) > 0 for k in self.config.knn.ks) or self.config.knn.temperature <= 0:
-            raise ValueError("knn.ks must be positive integers and knn.temperature > 0")
-
-    def init(self, rng, batch):
-        variables = self.model.init({"params": rng}, batch["image"], train=False)
-        params = variables.pop("params")
-        return params, dict(variables)
-
-    def load_pretrained(self, params, extra):
-        if not self.config.init_from:
-            return params, extra  # a random backbone: the floor
-        from vit_jax.evaluate import backbone
-        return backbone.load_backbone(self.config.init_from, params), extra
-
-    def loss(self, params, extra, batch, rng, step):
-        raise NotImplementedError("knn does not train")
-
-    def on_eval(self, params, extra, ctx):
-        def feature_fn(variables, images):
-            return self.model.apply(variables, images, train=False)[0]
-        return knn_accuracy(feature_fn, {"params": params, **extra}, ctx, self.info.num_classes, self.config.knn.ks,
-                            self.config.knn.temperature)
-
-
-register("knn", KNN)
+    def run(state, step):
+        del step
+        variables = objective.backbone_variables(state["params"], state["extra"])
+        memory, queries = ctx.source(spec.memory_split or cfg.data.train_split), ctx.source(spec.split)
+        if queries is None:   # no eval split: evaluation is off
+            return {}
+        args = (ctx.eval_transform, ctx.mesh, cfg.eval_batch_size, cfg.data.workers)
+        train_x, train_y = features.extract(feature_fn, variables, memory, *args)
+        test_x, test_y = features.extract(feature_fn, variables, queries, *args)
+        preds = knn_predict(train_x, train_y, test_x, num_classes, ks, float(spec.temperature))
+        return {f"eval/{name}/top1_k{k}": float(np.mean(p == test_y)) for k, p in preds.items()}
+    return run

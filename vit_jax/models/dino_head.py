@@ -30,7 +30,7 @@ def _torch_linear_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class WeightNormLinear(nn.Module):
+class WeightNormLinear(nn.Module, kw_only=True):
     """x (..., d) -> x @ (g * v / ||v||_col) without bias; v: (d, out)."""
     out_dim: int
     learn_scale: bool = False
@@ -61,7 +61,8 @@ class DINOHead(nn.Module):
         sizes = [self.hidden_dim] * (self.num_layers - 1) + [self.bottleneck_dim]
         self.mlp = [nn.Dense(s, kernel_init=_TRUNC, dtype=self.dtype, param_dtype=self.param_dtype,
                              name=f"mlp_{i}") for i, s in enumerate(sizes)]
-        self.last_layer = WeightNormLinear(self.out_dim, not self.norm_last_layer, self.param_dtype)
+        self.last_layer = WeightNormLinear(out_dim=self.out_dim, learn_scale=not self.norm_last_layer,
+                                           param_dtype=self.param_dtype)
 
     def __call__(self, x: Array) -> Array:
         for i, dense in enumerate(self.mlp):

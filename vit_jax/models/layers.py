@@ -1,5 +1,8 @@
 """Shared transformer building blocks (flax.linen) and position-embedding helpers.
 
+Every family (ViT, Swin, CvT) uses the one attention core `dot_product_attention`, the input
+check `check_images` and `pair`; sub-modules are keyword-only (kw_only=True).
+
 Parameter names follow timm / Hugging Face where that is simple, so converters stay a
 renaming plus transposes:
   Block:     norm1, attn, ls1 (layer scale, optional), norm2, mlp, ls2
@@ -12,7 +15,7 @@ Shapes: B batch, L tokens, D width, H heads, hd = D // H.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,6 +31,38 @@ dense_init: Initializer = nn.initializers.xavier_uniform()
 # MAE inits the patch-embed conv as a Linear on the flattened (p*p*C -> D) weight.
 patch_embed_init: Initializer = nn.initializers.variance_scaling(
     1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+
+
+# ----------------------------------------------------------------------------- sizes and inputs
+
+def pair(x: int | Sequence[int]) -> tuple[int, int]:
+    """A size given as one int (square) or (h, w) -> (h, w) python ints."""
+    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
+
+
+def check_images(images: Any, in_channels: int, patch_size: int | Sequence[int] = 1, *,
+                 model: str = "the model") -> tuple[int, int]:
+    """Validate a (B, H, W, C) batch for a backbone; returns the patch grid (H / ph, W / pw).
+
+    ValueError, with the fix, for a missing batch axis, channels first or a wrong channel
+    count, an empty image, and H or W not a multiple of patch_size (1: any size).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"{model} expects NHWC images (B, H, W, C); got shape {images.shape}. "
+                         "Add a batch axis with images[None].")
+    if images.shape[-1] != in_channels:
+        raise ValueError(f"{model} expects {in_channels} channels last (NHWC); got shape "
+                         f"{images.shape}. For NCHW input use images.transpose(0, 2, 3, 1), "
+                         "or set in_channels.")
+    (h, w), (ph, pw) = images.shape[1:3], pair(patch_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"{model} got empty images of shape {images.shape}.")
+    if h % ph or w % pw:
+        size = str(ph) if ph == pw else f"{ph}x{pw}"
+        raise ValueError(f"image size {h}x{w} is not divisible by patch size {size}; resize or "
+                         f"crop to a multiple of {size} (e.g. {max(h // ph, 1) * ph}x"
+                         f"{max(w // pw, 1) * pw}).")
+    return h // ph, w // pw
 
 
 # ----------------------------------------------------------------------------- activations
@@ -75,7 +110,7 @@ def make_norm(kind: str = "layernorm", eps: float = 1e-6, *, dtype: Dtype = jnp.
 
 # ----------------------------------------------------------------------------- MLP
 
-class MlpBlock(nn.Module):
+class MlpBlock(nn.Module, kw_only=True):
     """Dense(hidden) -> act -> dropout -> Dense(out) -> dropout.  (B, L, D) -> (B, L, out or D)."""
     hidden_dim: int
     out_dim: int | None = None
@@ -102,13 +137,54 @@ class MlpBlock(nn.Module):
 
 # ----------------------------------------------------------------------------- attention
 
-class Attention(nn.Module):
+Recorder = Callable[[Array], Any]
+
+
+def attention_recorder(module: nn.Module) -> Recorder | None:
+    """`module.sow("intermediates", "attn_weights", w)` when the caller made "intermediates"
+    mutable (attention maps: vit_jax/evaluate/attention.py), else None (the fast path)."""
+    if module.is_mutable_collection("intermediates"):
+        return functools.partial(module.sow, "intermediates", "attn_weights")
+    return None
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
+                          bias: Sequence[Array] = (), dropout: float = 0.0,
+                          deterministic: bool = True, record: Recorder | None = None) -> Array:
+    """Multi-head attention core: softmax(q k^T * scale + bias) v.  The one copy every family uses.
+
+    q: (B, Lq, H, hd); k, v: (B, Lk, H, hd) -> (B, Lq, H, hd).
+    bias: additive logit terms, each broadcastable to (B, H, Lq, Lk), added in order (Swin:
+      the relative-position bias, then the shift mask; kept separate so the float32 sums
+      round exactly as the reference code's do).
+    dropout / deterministic: attention dropout on the weights, an nn.Dropout of the calling
+      module (rng collection "dropout"), so call this from inside a compact method.
+    record: called with the weights (B, H, Lq, Lk) float32 before dropout (see
+      `attention_recorder`).
+
+    Fast path (no bias, no active dropout, no recording): jax.nn.dot_product_attention, the
+    fused kernel where the backend has one.  Otherwise the explicit path with the softmax in
+    float32; it gives the same numbers, so recorded weights are the ones the fast path uses.
+    """
+    active_dropout = not deterministic and dropout > 0.0
+    if not bias and not active_dropout and record is None:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    for term in bias:
+        logits = logits + term
+    weights = jax.nn.softmax(logits, axis=-1)
+    if record is not None:
+        record(weights)
+    weights = nn.Dropout(dropout, deterministic=not active_dropout)(weights)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+class Attention(nn.Module, kw_only=True):
     """Multi-head self-attention.  (B, L, D) -> (B, L, D).
 
-    Fast path: jax.nn.dot_product_attention (fused kernels where the backend has them).
-    Manual path (softmax in float32): when attention dropout is active (train and
-    attn_dropout > 0), or when the "intermediates" collection is mutable, in which case the
-    weights (B, H, L, L) are sown as intermediates/.../attn_weights (for attention maps).
+    The core is `dot_product_attention`: fused when it can be; explicit (softmax in float32)
+    when attention dropout is active (train and attn_dropout > 0) or when "intermediates" is
+    mutable, in which case the weights (B, H, L, L) are sown as intermediates/.../attn_weights.
     """
     num_heads: int
     qkv_bias: bool = True
@@ -137,17 +213,9 @@ class Attention(nn.Module):
         else:
             q, k, v = (dense(d, use_bias=self.qkv_bias, name=n)(x).reshape(b, l, h, hd)
                        for n in ("query", "key", "value"))
-        scale = hd ** -0.5 if self.scale is None else self.scale
-
-        use_dropout = train and self.attn_dropout > 0.0
-        if use_dropout or self.is_mutable_collection("intermediates"):
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-            weights = jax.nn.softmax(logits, axis=-1)
-            self.sow("intermediates", "attn_weights", weights)
-            weights = nn.Dropout(self.attn_dropout, deterministic=not use_dropout)(weights)
-            o = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-        else:
-            o = jax.nn.dot_product_attention(q, k, v, scale=scale)
+        o = dot_product_attention(q, k, v, scale=hd ** -0.5 if self.scale is None else self.scale,
+                                  dropout=self.attn_dropout, deterministic=not train,
+                                  record=attention_recorder(self))
         o = dense(d, name="out")(o.reshape(b, l, d))
         return nn.Dropout(self.proj_dropout, deterministic=not train)(o)
 
@@ -163,7 +231,7 @@ def drop_path(x: Array, rate: float | Array, rng: Array) -> Array:
     return jnp.where(mask, x * scale.astype(x.dtype), jnp.zeros((), x.dtype))
 
 
-class DropPath(nn.Module):
+class DropPath(nn.Module, kw_only=True):
     """Stochastic depth (rng collection "dropout").  Identity when not training.
 
     `rate` may be overridden per call (a traced scalar under nn.scan, where every layer
@@ -177,7 +245,7 @@ class DropPath(nn.Module):
         return drop_path(x, self.rate if rate is None else rate, self.make_rng("dropout"))
 
 
-class LayerScale(nn.Module):
+class LayerScale(nn.Module, kw_only=True):
     """Per-channel learned scale (CaiT / DINOv2 layer scale), param "gamma" (D,)."""
     init_values: float = 1e-5
     param_dtype: Dtype = jnp.float32
@@ -191,7 +259,7 @@ class LayerScale(nn.Module):
 
 # ----------------------------------------------------------------------------- encoder block
 
-class Block(nn.Module):
+class Block(nn.Module, kw_only=True):
     """Pre-norm transformer block.  (B, L, D) -> (B, L, D).
 
     x = x + DropPath(LS1(Attn(norm1(x))));  x = x + DropPath(LS2(Mlp(norm2(x))))
@@ -204,23 +272,24 @@ class Block(nn.Module):
     attn_dropout: float = 0.0
     drop_path: float = 0.0           # this layer's rate (or, under nn.scan, the max: see DropPath)
     act: str = "gelu"
-    norm: str = "layernorm"
-    norm_eps: float = 1e-6
+    norm_layer: str = "layernorm"
+    layer_norm_eps: float = 1e-6
     init_values: float | None = None  # layer scale; None = off
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.norm1 = make_norm(self.norm, self.norm_eps, **kw)
-        self.attn = Attention(self.num_heads, qkv_bias=self.qkv_bias, fused_qkv=self.fused_qkv,
-                              attn_dropout=self.attn_dropout, proj_dropout=self.dropout, **kw)
-        self.norm2 = make_norm(self.norm, self.norm_eps, **kw)
-        self.mlp = MlpBlock(self.mlp_dim, act=self.act, dropout=self.dropout, **kw)
+        self.norm1 = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
+        self.attn = Attention(num_heads=self.num_heads, qkv_bias=self.qkv_bias,
+                              fused_qkv=self.fused_qkv, attn_dropout=self.attn_dropout,
+                              proj_dropout=self.dropout, **kw)
+        self.norm2 = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
+        self.mlp = MlpBlock(hidden_dim=self.mlp_dim, act=self.act, dropout=self.dropout, **kw)
         if self.init_values is not None:
-            self.ls1 = LayerScale(self.init_values, self.param_dtype)
-            self.ls2 = LayerScale(self.init_values, self.param_dtype)
-        self.dp = DropPath(self.drop_path)
+            self.ls1 = LayerScale(init_values=self.init_values, param_dtype=self.param_dtype)
+            self.ls2 = LayerScale(init_values=self.init_values, param_dtype=self.param_dtype)
+        self.dp = DropPath(rate=self.drop_path)
 
     def __call__(self, x: Array, train: bool = False,
                  drop_path_rate: float | Array | None = None) -> Array:

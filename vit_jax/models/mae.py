@@ -30,20 +30,15 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from vit_jax import models
-from vit_jax.models.layers import Block, Dtype, dense_init, make_norm, sincos_2d
+from vit_jax.models.layers import Block, Dtype, dense_init, make_norm, pair, sincos_2d
 from vit_jax.models.vit import ViT
 
 Array = jax.Array
 
 NORM_PIX_EPS = 1e-6   # models_mae.py forward_loss: (target - mean) / (var + 1e-6) ** 0.5
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -52,7 +47,7 @@ def patchify(images: Array, p: int | Sequence[int]) -> Array:
     """(B, H, W, C) -> (B, L, ph*pw*C), L = (H/ph)*(W/pw) row-major; within a patch the order
     is row, column, channel (channel fastest), as MAE's patchify.  Works on numpy arrays too."""
     b, h, w, c = images.shape
-    ph, pw = _pair(p)
+    ph, pw = pair(p)
     if h % ph or w % pw:
         raise ValueError(f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
                          "resize or crop the images to a multiple of the patch size.")
@@ -63,7 +58,7 @@ def patchify(images: Array, p: int | Sequence[int]) -> Array:
 
 def unpatchify(x: Array, p: int | Sequence[int], grid_hw: Sequence[int], channels: int) -> Array:
     """Inverse of `patchify`: (B, gh*gw, ph*pw*C) -> (B, gh*ph, gw*pw, C)."""
-    ph, pw = _pair(p)
+    ph, pw = pair(p)
     gh, gw = int(grid_hw[0]), int(grid_hw[1])
     b, l, n = x.shape
     if l != gh * gw or n != ph * pw * channels:
@@ -224,7 +219,7 @@ class MAE(nn.Module):
             raise ValueError(f"decoder_depth={self.decoder_depth} must be >= 0.")
         gh, gw = enc.base_grid
         check_mask_ratio(self.mask_ratio, gh * gw)
-        ph, pw = _pair(enc.patch_size)
+        ph, pw = pair(enc.patch_size)
         if self.norm_pix_loss and ph * pw * enc.in_channels < 2:
             raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance); "
                              "use a larger patch or norm_pix_loss=False.")
@@ -233,7 +228,7 @@ class MAE(nn.Module):
     # ------------------------------------------------------------------ derived config
     @property
     def patch_size(self) -> tuple[int, int]:
-        return _pair(self.encoder.patch_size)
+        return pair(self.encoder.patch_size)
 
     @property
     def patch_dim(self) -> int:
@@ -258,8 +253,8 @@ class MAE(nn.Module):
             block(num_heads=self.decoder_heads,
                   mlp_dim=self.decoder_mlp_dim or int(dd * self.decoder_mlp_ratio),
                   qkv_bias=self._dec("qkv_bias"), fused_qkv=self.encoder.fused_qkv,
-                  act=self._dec("act"), norm=self.encoder.norm_layer,
-                  norm_eps=self._dec("layer_norm_eps"), **kw)
+                  act=self._dec("act"), norm_layer=self.encoder.norm_layer,
+                  layer_norm_eps=self._dec("layer_norm_eps"), **kw)
             for _ in range(self.decoder_depth)]
         self.decoder_norm = make_norm(self.encoder.norm_layer, self._dec("layer_norm_eps"), **kw)
         self.decoder_pred = nn.Dense(self.patch_dim, kernel_init=dense_init, **kw)

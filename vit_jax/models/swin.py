@@ -9,7 +9,9 @@ Call contract (shared by every backbone):
     aux: {"encoded": (B, h*w, C) final tokens after the final norm (row-major, no class token),
           "stages": [(B, h_i, w_i, C_i) each stage's output before patch merging],
           "pre_logits": (B, C) average-pooled encoded tokens}.
-    C = embed_dim * 2 ** (num_stages - 1); h, w = the last stage's resolution.
+    C = width * 2 ** (num_stages - 1); h, w = the last stage's resolution.
+    With "intermediates" mutable every block sows its attention weights (B * nW, heads, n, n)
+    (n = window^2, windows batch-major) as layers_i/blocks_j/attn/attn_weights.
 
 Parameter tree (mirrors Hugging Face's encoder.layers.i.blocks.j, so the converter is a renaming):
     patch_embed{kernel (p,p,Cin,E), bias}, patch_norm,
@@ -31,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import DropPath, Dtype, MlpBlock, make_norm, patch_embed_init
+from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, attention_recorder, check_images,
+                                   dot_product_attention, make_norm, patch_embed_init)
+from vit_jax.models.registry import register, register_pattern
 
 Array = jax.Array
 
@@ -95,7 +99,7 @@ def effective_window(height: int, width: int, window: int, shifted: bool) -> tup
 
 # ----------------------------------------------------------------------------- modules
 
-class WindowAttention(nn.Module):
+class WindowAttention(nn.Module, kw_only=True):
     """Multi-head attention inside windows with the relative position bias.
 
     (B_w, n, C) windows -> (B_w, n, C), n = window^2 (window <= table_window).  `mask` is
@@ -122,22 +126,18 @@ class WindowAttention(nn.Module):
         table = self.param("relative_position_bias_table", _dense_init,
                            ((2 * t - 1) ** 2, h), self.param_dtype)
         bias = table[relative_position_index(window, t)].astype(jnp.float32)   # (n, n, h)
-
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5
-        logits = logits + bias.transpose(2, 0, 1)[None]
+        terms = [bias.transpose(2, 0, 1)[None]]                                # (1, h, n, n)
         if mask is not None:
-            nw = mask.shape[0]
-            # windows are batch-major: (B, nW, h, n, n) lines each window up with its mask.
-            logits = logits.reshape(bw // nw, nw, h, n, n) + jnp.asarray(mask)[None, :, None]
-            logits = logits.reshape(bw, h, n, n)
-        weights = jax.nn.softmax(logits, axis=-1)
-        weights = nn.Dropout(self.attn_dropout, deterministic=not train)(weights)
-        o = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(bw, n, c)
-        o = dense(c, name="out")(o)
+            # windows are batch-major (window index fastest): tiling the (nW, n, n) mask over
+            # the batch lines each window up with its mask.
+            terms.append(jnp.tile(jnp.asarray(mask), (bw // mask.shape[0], 1, 1))[:, None])
+        o = dot_product_attention(q, k, v, scale=hd ** -0.5, bias=terms, dropout=self.attn_dropout,
+                                  deterministic=not train, record=attention_recorder(self))
+        o = dense(c, name="out")(o.reshape(bw, n, c))
         return nn.Dropout(self.proj_dropout, deterministic=not train)(o)
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(nn.Module, kw_only=True):
     """Pre-norm (shifted-)window block.  (B, H, W, C) -> (B, H, W, C).
 
     x = x + DropPath(WindowAttn(norm1(x)));  x = x + DropPath(Mlp(norm2(x)))
@@ -163,7 +163,7 @@ class SwinBlock(nn.Module):
         b, height, width, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         window, shift = effective_window(height, width, self.window_size, self.shifted)
-        dp = DropPath(self.drop_path)
+        dp = DropPath(rate=self.drop_path)
 
         y = make_norm("layernorm", self.layer_norm_eps, name="norm1", **kw)(x)
         pad_h, pad_w = -height % window, -width % window
@@ -173,21 +173,22 @@ class SwinBlock(nn.Module):
             y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
         mask = shift_mask(hp, wp, window, shift) if shift else None
         windows = window_partition(y, window).reshape(-1, window * window, c)
-        windows = WindowAttention(self.num_heads, self.window_size, qkv_bias=self.qkv_bias,
-                                  attn_dropout=self.attn_dropout, proj_dropout=self.dropout,
-                                  name="attn", **kw)(windows, window, mask, train)
+        windows = WindowAttention(num_heads=self.num_heads, table_window=self.window_size,
+                                  qkv_bias=self.qkv_bias, attn_dropout=self.attn_dropout,
+                                  proj_dropout=self.dropout, name="attn", **kw)(
+                                      windows, window, mask, train)
         y = window_reverse(windows.reshape(-1, window, window, c), window, hp, wp)
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
         x = x + dp(y[:, :height, :width], train)
 
         y = make_norm("layernorm", self.layer_norm_eps, name="norm2", **kw)(x)
-        y = MlpBlock(int(self.mlp_ratio * c), act=self.act, dropout=self.dropout,
+        y = MlpBlock(hidden_dim=int(self.mlp_ratio * c), act=self.act, dropout=self.dropout,
                      kernel_init=_dense_init, name="mlp", **kw)(y, train)
         return x + dp(y, train)
 
 
-class PatchMerging(nn.Module):
+class PatchMerging(nn.Module, kw_only=True):
     """2x2 neighbourhood concat -> LN(4C) -> Linear(4C -> 2C, no bias).
 
     (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C).
@@ -210,7 +211,7 @@ class PatchMerging(nn.Module):
                         kernel_init=_dense_init, name="reduction")(x)
 
 
-class SwinStage(nn.Module):
+class SwinStage(nn.Module, kw_only=True):
     """`depth` blocks (odd ones shifted), then optional patch merging.
 
     (B, H, W, C) -> (stage output (B, H, W, C), next input (B, H', W', C') or the output)."""
@@ -224,9 +225,9 @@ class SwinStage(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
         for j in range(self.depth):
-            x = SwinBlock(self.num_heads, self.window_size, shifted=j % 2 == 1,
-                          drop_path=float(self.drop_path[j]), name=f"blocks_{j}",
-                          **self.block_kw)(x, train)
+            x = SwinBlock(num_heads=self.num_heads, window_size=self.window_size,
+                          shifted=j % 2 == 1, drop_path=float(self.drop_path[j]),
+                          name=f"blocks_{j}", **self.block_kw)(x, train)
         nxt = x
         if self.downsample:
             nxt = PatchMerging(dtype=self.block_kw["dtype"],
@@ -238,7 +239,7 @@ class Swin(nn.Module):
     """Swin Transformer.  See the module docstring for the call contract."""
     num_classes: int = 1000           # 0: no head, `out` is the pooled features
     patch_size: int = 4
-    embed_dim: int = 96
+    width: int = 96                   # the first stage's width; stage i has width * 2**i
     depths: Sequence[int] = (2, 2, 6, 2)
     num_heads: Sequence[int] = (3, 6, 12, 24)
     window_size: int = 7
@@ -260,9 +261,9 @@ class Swin(nn.Module):
             raise ValueError(f"depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} "
                              "must be non-empty and of the same length (one entry a stage).")
         for i, h in enumerate(self.num_heads):
-            dim = self.embed_dim * 2 ** i
+            dim = self.width * 2 ** i
             if dim % h:
-                raise ValueError(f"stage {i} width {dim} (embed_dim * 2**{i}) is not divisible by "
+                raise ValueError(f"stage {i} width {dim} (width * 2**{i}) is not divisible by "
                                  f"num_heads[{i}] = {h}; pick heads dividing the width.")
         if self.window_size < 1 or self.patch_size < 1:
             raise ValueError(f"window_size and patch_size must be >= 1, got "
@@ -272,29 +273,16 @@ class Swin(nn.Module):
     @property
     def num_features(self) -> int:
         """Width C of the final tokens."""
-        return self.embed_dim * 2 ** (len(self.depths) - 1)
-
-    def _check_images(self, images: Array) -> None:
-        if images.ndim != 4:
-            raise ValueError(f"Swin expects NHWC images (B, H, W, C); got shape {images.shape}. "
-                             "Add a batch axis with images[None].")
-        if images.shape[-1] != self.in_channels:
-            raise ValueError(f"Swin expects {self.in_channels} channels last (NHWC); got shape "
-                             f"{images.shape}. For NCHW input use images.transpose(0, 2, 3, 1), "
-                             "or set in_channels.")
-        (h, w), p = images.shape[1:3], self.patch_size
-        if h % p or w % p or h == 0 or w == 0:
-            raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}; any "
-                             f"multiple of {p} works (e.g. {max(h // p, 1) * p}x"
-                             f"{max(w // p, 1) * p}): stages pad to their window themselves.")
+        return self.width * 2 ** (len(self.depths) - 1)
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict[str, Any]]:
         """images (B, H, W, C) -> (logits (B, K) | features (B, C), aux); see module docstring."""
-        self._check_images(images)
+        # any multiple of patch_size works: the stages pad to their window themselves.
+        check_images(images, self.in_channels, self.patch_size, model="Swin")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         p = self.patch_size
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
                     kernel_init=patch_embed_init, name="patch_embed",
                     **kw)(images.astype(self.dtype))
         x = make_norm("layernorm", _TORCH_LN_EPS, name="patch_norm", **kw)(x)
@@ -306,7 +294,7 @@ class Swin(nn.Module):
                         layer_norm_eps=self.layer_norm_eps, **kw)
         stages, start = [], 0
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-            out, x = SwinStage(depth, heads, self.window_size,
+            out, x = SwinStage(depth=depth, num_heads=heads, window_size=self.window_size,
                                drop_path=tuple(rates[start:start + depth]),
                                downsample=i < len(self.depths) - 1, block_kw=block_kw,
                                name=f"layers_{i}")(x, train)
@@ -326,7 +314,7 @@ class Swin(nn.Module):
 
 # ----------------------------------------------------------------------------- registry
 
-# size -> (embed_dim, depths, num_heads)
+# size -> (width, depths, num_heads)
 SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
     "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
@@ -337,20 +325,16 @@ SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
 
 def swin(size: str, patch: int = 4, window: int = 7, image_size: int = 224, **kw: Any) -> Swin:
     """A Swin of a named size (1000 classes)."""
-    embed, depths, heads = SWIN_SIZES[size]
-    return Swin(num_classes=1000, patch_size=patch, embed_dim=embed, depths=depths,
+    width, depths, heads = SWIN_SIZES[size]
+    return Swin(num_classes=1000, patch_size=patch, width=width, depths=depths,
                 num_heads=heads, window_size=window, image_size=image_size, **kw)
 
 
-def _register() -> None:
-    from vit_jax.models import register, register_pattern
-    register_pattern(r"swin_(" + "|".join(SWIN_SIZES) + r")_patch(\d+)_window(\d+)_(\d+)",
-                     lambda m: swin(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))))
-    for size in ("tiny", "small", "base"):
-        register(f"swin_{size}_patch4_window7_224", functools.partial(swin, size, 4, 7, 224))
-
-
-_register()
+register_pattern(r"swin_(" + "|".join(SWIN_SIZES) + r")_patch(\d+)_window(\d+)_(\d+)",
+                 lambda m: swin(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))),
+                 hint=f"swin_{{size}}_patch{{p}}_window{{w}}_{{img}} (size in {'/'.join(SWIN_SIZES)})")
+for _size in ("tiny", "small", "base"):
+    register(f"swin_{_size}_patch4_window7_224", functools.partial(swin, _size, 4, 7, 224))
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention", "PatchMerging", "swin",
            "SWIN_SIZES", "relative_position_index", "shift_mask", "window_partition",

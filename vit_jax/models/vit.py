@@ -18,9 +18,13 @@ Parameter tree (unscanned):  embedding{kernel (p,p,C,D), bias}, cls_token (1,1,D
 pos_embed (1,1+L,D), blocks_0..blocks_{depth-1} (see layers.Block), norm, fc_norm, head.
 With scan=True the blocks are one "blocks" subtree whose leaves have a leading depth
 axis; `scan_params` / `unscan_params` convert between the two layouts.
+
+Registered names (at import): vit_/deit_{size}_patch{p}_{img} for every size in VIT_SIZES,
+e.g. "vit_small_patch8_64", plus the timm names listed at the bottom.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -28,17 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import (Block, Dtype, make_norm, patch_embed_init,
-                                   resize_pos_embed, sincos_2d)
+from vit_jax.models.layers import (Block, Dtype, check_images, make_norm, pair,
+                                   patch_embed_init, resize_pos_embed, sincos_2d)
+from vit_jax.models.registry import register, register_pattern
 
 Array = jax.Array
 
 _POOLS = ("token", "gap")
 _POSEMBS = ("learn", "sincos2d", "none")
-
-
-def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
 
 
 class _ScanBlock(Block):
@@ -97,7 +98,7 @@ class ViT(nn.Module):
             raise ValueError(f"posemb must be one of {_POSEMBS}, got {self.posemb!r}.")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool='token' needs class_token=True; use pool='gap' without a class token.")
-        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
         if ih % ph or iw % pw:
             raise ValueError(f"image_size {(ih, iw)} is not divisible by patch_size {(ph, pw)}; "
                              "choose an image_size that is a multiple of the patch size.")
@@ -111,7 +112,7 @@ class ViT(nn.Module):
     @property
     def base_grid(self) -> tuple[int, int]:
         """Patch grid (h, w) of `image_size`, the grid the learned pos-emb is stored at."""
-        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
         return ih // ph, iw // pw
 
     @property
@@ -131,7 +132,7 @@ class ViT(nn.Module):
     # ------------------------------------------------------------------ modules
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        d, p = self.width, _pair(self.patch_size)
+        d, p = self.width, pair(self.patch_size)
         self.embedding = nn.Conv(d, p, strides=p, padding="VALID", use_bias=self.patch_bias,
                                  kernel_init=patch_embed_init, **kw)
         if self.class_token:
@@ -148,8 +149,8 @@ class ViT(nn.Module):
         block_kw = dict(num_heads=self.num_heads,
                         mlp_dim=self.mlp_dim or int(self.width * self.mlp_ratio),
                         qkv_bias=self.qkv_bias, fused_qkv=self.fused_qkv, dropout=self.dropout,
-                        attn_dropout=self.attn_dropout, act=self.act, norm=self.norm_layer,
-                        norm_eps=self.layer_norm_eps, init_values=self.init_values, **kw)
+                        attn_dropout=self.attn_dropout, act=self.act, norm_layer=self.norm_layer,
+                        layer_norm_eps=self.layer_norm_eps, init_values=self.init_values, **kw)
         if self.scan:
             cls = _ScanBlock
             if self.remat:  # static_argnums counts self: (self, x, rate, train)
@@ -174,20 +175,8 @@ class ViT(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def _check_images(self, images: Array) -> tuple[int, int]:
-        """Validate NHWC input; returns the patch grid (h, w)."""
-        if images.ndim != 4:
-            raise ValueError(f"ViT expects NHWC images (B, H, W, C); got shape {images.shape}. "
-                             "Add a batch axis with images[None].")
-        if images.shape[-1] != self.in_channels:
-            raise ValueError(f"ViT expects {self.in_channels} channels last (NHWC); got shape "
-                             f"{images.shape}. For NCHW input use images.transpose(0, 2, 3, 1), "
-                             "or set in_channels.")
-        (h, w), (ph, pw) = images.shape[1:3], _pair(self.patch_size)
-        if h % ph or w % pw:
-            raise ValueError(f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
-                             f"resize or crop to a multiple of the patch size "
-                             f"(e.g. {h // ph * ph}x{w // pw * pw}).")
-        return h // ph, w // pw
+        """Validate NHWC input (B, H, W, C); returns the patch grid (h, w).  (MAE / EVA call it.)"""
+        return check_images(images, self.in_channels, self.patch_size, model="ViT")
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Array:
         """Position embedding (1, P + h*w, D) for a patch grid; prefix (cls) rows first."""
@@ -272,3 +261,46 @@ def unscan_params(params: dict) -> dict:
     for i in range(depth):
         out[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
     return out
+
+
+# ---------------------------------------------------------------------- registered names
+
+# size -> (width, depth, num_heads, mlp_dim); None = 4 * width, so a width override scales the MLP.
+VIT_SIZES: dict[str, tuple[int, int, int, int | None]] = {
+    "tiny": (192, 12, 3, None),
+    "small": (384, 12, 6, None),
+    "base": (768, 12, 12, None),
+    "large": (1024, 24, 16, None),
+    "huge": (1280, 32, 16, None),
+    "giant": (1408, 40, 16, 6144),  # ViT-g/14: not 4x
+}
+
+
+def vit(size: str, patch: int, image_size: int, **kw: Any) -> ViT:
+    """A standard ViT (1000 classes, class token, learned pos-emb) of a named size."""
+    width, depth, heads, mlp = VIT_SIZES[size]
+    return ViT(patch_size=patch, width=width, depth=depth, num_heads=heads, mlp_dim=mlp,
+               image_size=image_size, num_classes=1000, **kw)
+
+
+register_pattern(r"(?:vit|deit)_(" + "|".join(VIT_SIZES) + r")_patch(\d+)_(\d+)",
+                 lambda m: vit(m.group(1), int(m.group(2)), int(m.group(3))),
+                 hint=f"vit_{{size}}_patch{{p}}_{{img}} (size in {'/'.join(VIT_SIZES)})")
+
+for _name, _args in {
+    "vit_tiny_patch16_224": ("tiny", 16, 224),
+    "vit_small_patch16_224": ("small", 16, 224),
+    "vit_small_patch32_224": ("small", 32, 224),
+    "vit_base_patch16_224": ("base", 16, 224),
+    "vit_base_patch32_224": ("base", 32, 224),
+    "vit_base_patch16_384": ("base", 16, 384),
+    "vit_large_patch16_224": ("large", 16, 224),
+    "vit_large_patch14_224": ("large", 14, 224),
+    "vit_huge_patch14_224": ("huge", 14, 224),
+    "vit_giant_patch14_224": ("giant", 14, 224),
+    # DeiT (non-distilled) is the same architecture as ViT-Ti/S/B at 224.
+    "deit_tiny_patch16_224": ("tiny", 16, 224),
+    "deit_small_patch16_224": ("small", 16, 224),
+    "deit_base_patch16_224": ("base", 16, 224),
+}.items():
+    register(_name, functools.partial(vit, *_args))

@@ -14,42 +14,27 @@ functions of the step: teacher temperature (per epoch), EMA momentum (cosine, pe
 last layers of both heads get no gradient during the first esvit.freeze_last_layer_epochs.
 Multi-crop happens on the host (prepare_example, vit_jax/data/multicrop.py): data.train_transform
 must end with normalize('none') (pixels in [0, 1]); the crops are normalised with esvit.pixel_stats.
-At every evaluation: k-NN of the teacher backbone (eval/knn/top1_k*) and the correspondence picture.
+Evaluation reads the EMA teacher's backbone (`backbone_variables`): configs name a "knn"
+evaluator (eval/knn/top1_k*) and a "correspondences" one (`correspondence_image`).
 """
 from __future__ import annotations
 
-import os
-from typing import Any
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from vit_jax import config_base, models, viz
+from vit_jax import durations, models, viz
 from vit_jax.data import multicrop
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.dino_head import DINOHead
-from vit_jax.objectives import Batch, Extra, Objective, Params, config_section, register
 from vit_jax.objectives import dino_losses as losses
+from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs, no_head
 
 Array = jax.Array
-
-
-def default_config() -> mlc.ConfigDict:
-    """The `config.esvit` section with the papers' ImageNet settings (Swin-T, 2 x 224 + 8 x 96)."""
-    return mlc.ConfigDict(dict(
-        region=True,                     # False: plain DINO (view loss only)
-        out_dim=65536, hidden_dim=2048, bottleneck_dim=256, head_layers=3, norm_last_layer=True,
-        student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30,
-        momentum_teacher=0.996, center_momentum=0.9, freeze_last_layer_epochs=1,
-        # multi-crop (vit_jax/data/multicrop.py MultiCropSpec)
-        global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
-        flip=True, pixel_stats="imagenet",
-        # evaluation of the teacher during pre-training
-        knn_k=(10, 20), knn_temperature=0.07,
-    ))
 
 
 def _token_count(aux: dict) -> int:
@@ -63,20 +48,28 @@ def _token_count(aux: dict) -> int:
 
 class EsViT(Objective):
     """EsViT (esvit.region=True) / DINO (False). See the module docstring."""
-    name = "esvit"
+    # the papers' ImageNet settings (Swin-T, 2 x 224 + 8 x 96)
+    defaults = dict(
+        region=True,                     # False: plain DINO (view loss only)
+        out_dim=65536, hidden_dim=2048, bottleneck_dim=256, head_layers=3, norm_last_layer=True,
+        student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30,
+        momentum_teacher=0.996, center_momentum=0.9, freeze_last_layer_epochs=1,
+        # multi-crop (vit_jax/data/multicrop.py MultiCropSpec)
+        global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
+        flip=True, pixel_stats="imagenet",
+    )
+    backbone_key = ("backbone",)
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
-        self.cfg = e = config_section(config, "esvit", default_config())
-        kw = dict(config.model)
-        if kw.get("num_classes", 0) != 0:
-            raise ValueError("EsViT's backbone has no classification head; remove config.model.num_classes.")
-        kw.update(num_classes=0)
-        kw.setdefault("image_size", (int(e.global_size), int(e.global_size)))
-        kw.setdefault("in_channels", info.image_shape[2])
-        if config.dtype != "float32":
-            kw.setdefault("dtype", jnp.dtype(config.dtype))
-        self.model = self.backbone = models.create(config.model_name, **kw)
+        e = self.cfg
+        no_head(config, "EsViT")
+        if config.init_from:
+            raise ValueError("esvit does not start from init_from (its EMA teacher would not): "
+                             "remove config.init_from.")
+        size = (int(e.global_size), int(e.global_size), info.image_shape[2])
+        kw = backbone_kwargs(config, dataclasses.replace(info, image_shape=size), num_classes=0)
+        self.backbone = models.create(config.model_name, **kw)
         # DINO's teacher has no drop path; its dropout is off anyway (deterministic apply)
         dpr = getattr(self.backbone, "drop_path_rate", 0.0)
         self.teacher_model = self.backbone.clone(
@@ -90,11 +83,12 @@ class EsViT(Objective):
             global_size=int(e.global_size), local_size=int(e.local_size), num_local=int(e.num_local),
             global_scale=tuple(e.global_scale), local_scale=tuple(e.local_scale), flip=bool(e.flip),
             mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1])
-        self.total_steps = config_base.total_steps(config, info.num_train)
+        self.total_steps = durations.total_steps(config, info.num_train)
         self.steps_per_epoch = max(info.num_train / config.batch_size, 1e-9)
+        self._check()
 
     # ------------------------------------------------------------------ checks and data
-    def check_config(self) -> None:
+    def _check(self) -> None:
         e = self.cfg
         self.crops.validate()
         if transforms_lib.normalization_stats(self.config.data.train_transform) != ((0.0,), (1.0,)):
@@ -225,38 +219,18 @@ class EsViT(Objective):
         return dict(extra, ema_teacher=teacher)
 
     # ------------------------------------------------------------------ evaluation
-    def teacher_features(self, teacher: Any, images: Array) -> Array:
-        """Pooled features of the teacher backbone (eval mode): what k-NN and probes read."""
-        pooled, _, _ = self._backbone(self.teacher_model, teacher["params"]["backbone"],
-                                      teacher["stats"], images, False)
-        return pooled
-
-    def on_eval(self, params, extra, ctx) -> dict[str, float]:
-        from vit_jax.evaluate import knn
-        results: dict[str, float] = {}
+    def backbone_variables(self, params: Params, extra: Extra) -> dict:
+        """The EMA teacher's backbone: the network DINO and EsViT evaluate and hand on."""
         teacher = extra["ema_teacher"]
-        if ctx.eval_source is not None and self.info.num_classes > 0:
-            results.update(knn.knn_accuracy(self.teacher_features, teacher, ctx, self.info.num_classes,
-                                            tuple(self.cfg.knn_k), float(self.cfg.knn_temperature)))
-        if ctx.is_main and ctx.eval_source is not None:
-            self.write_correspondences(jax.device_get(teacher), ctx)
-        return results
+        return {"params": teacher["params"]["backbone"], **teacher["stats"]}
 
-    def correspondence_image(self, teacher: Any, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
+    def correspondence_image(self, variables: dict, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
         """EsViT's picture for one raw example (uint8 image): two global views (multi-crop with
-        `seed`) and the `top` best-matched teacher tokens joined by lines. uint8 (H, W, 3)."""
+        `seed`) and the `top` best-matched tokens of the backbone with `variables` (e.g.
+        `backbone_variables(params, extra)`, the teacher's) joined by lines. uint8 (H, W, 3)."""
         image = transforms_lib.normalize(np.asarray(example["image"]), "none")
         crops = multicrop.multi_crop(image, np.random.default_rng(seed), self.crops)["global"]
-        _, tokens, _ = self._backbone(self.teacher_model, teacher["params"]["backbone"], teacher["stats"],
-                                      jnp.asarray(crops), False)
+        stats = {k: v for k, v in variables.items() if k != "params"}
+        _, tokens, _ = self._backbone(self.teacher_model, variables["params"], stats, jnp.asarray(crops), False)
         return viz.correspondence_picture(crops[0], crops[1], np.asarray(tokens[0]), np.asarray(tokens[1]),
                                           self.crops.mean, self.crops.std, top=top)
-
-    def write_correspondences(self, teacher: Any, ctx) -> str:
-        """The picture of the first eval image, as esvit_correspondence_<step>.png in the workdir."""
-        path = os.path.join(ctx.workdir, f"esvit_correspondence_{int(ctx.step):06d}.png")
-        viz.save_png(self.correspondence_image(teacher, dict(ctx.eval_source[0])), path)
-        return path
-
-
-register("esvit", EsViT)

@@ -22,16 +22,17 @@ from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, eva_init, masked_cosine_loss,
                                 per_example_masked_cosine_loss)
 from vit_jax.models.vit import ViT
-from vit_jax.objectives import Batch, Extra, Objective, Params, config_section, register
+from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs, no_head
 
 Array = jax.Array
 
 EVAL_MASK_SEED = 0   # the fixed evaluation mask
 
 
-def default_config() -> mlc.ConfigDict:
-    """The `config.eva` section, with EVA-01's settings (CLIP-L/14 teacher, 105 of 256 in blocks)."""
-    return mlc.ConfigDict(dict(
+class EVAObjective(Objective):
+    """EVA: params = {"encoder": ViT backbone, "mask_token", "head"}; extra = {"teacher": params}."""
+    # EVA-01's settings: CLIP-L/14 teacher, 105 of 256 patches masked in blocks
+    defaults = dict(
         teacher="dinov2_vits14",   # hf:FOLDER | dinov2_vits14 | workdir:PATH (vit_jax/teachers.py)
         teacher_dtype="float32",   # float32 | bfloat16: the teacher's params and compute
         mask="block",              # block (BEiT/EVA) | random
@@ -39,29 +40,18 @@ def default_config() -> mlc.ConfigDict:
         mask_count=0,              # > 0: exactly this many patches (EVA-01: 105 of 256)
         min_block=16,              # smallest block of the block-wise masks (EVA-01: 16)
         init_std=0.02,             # EVA's truncated-normal init (EVA-g: 0.015)
-    ))
-
-
-class EVAObjective(Objective):
-    """EVA: params = {"encoder": ViT backbone, "mask_token", "head"}; extra = {"teacher": params}."""
-    name = "eva"
+    )
+    backbone_key = ("encoder",)
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
-        self.eva_config = e = config_section(config, "eva", default_config())
+        e = self.cfg
         if e.teacher_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"eva.teacher_dtype={e.teacher_dtype!r}: use 'float32' or 'bfloat16'.")
         if e.mask not in masking.MASKERS:
             raise ValueError(f"eva.mask={e.mask!r}: use one of {masking.MASKERS}.")
-        kw = dict(config.model)
-        if kw.get("num_classes", 0) != 0:
-            raise ValueError("EVA's encoder has no classification head; remove config.model.num_classes.")
-        kw.update(num_classes=0)
-        kw.setdefault("image_size", tuple(info.image_shape[:2]))
-        kw.setdefault("in_channels", info.image_shape[2])
-        if config.dtype != "float32":
-            kw.setdefault("dtype", jnp.dtype(config.dtype))
-        self.backbone: ViT = models.create(config.model_name, **kw)
+        no_head(config, "EVA")
+        self.backbone: ViT = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
         if not isinstance(self.backbone, ViT):
             raise ValueError(f"EVA needs a ViT student; {config.model_name!r} is a "
                              f"{type(self.backbone).__name__}. Choose a vit_* model_name.")
@@ -72,48 +62,32 @@ class EVAObjective(Objective):
             raise ValueError(f"eva.min_block={e.min_block} must be >= 1.")
         self.teacher = teachers.load(e.teacher, jnp.dtype(e.teacher_dtype))
         self.teacher.check_student(self.grid, int(info.image_shape[2]))
+        self.frozen_extra = {"teacher": self.teacher.variables["params"]}
         self.model = MaskedFeatureStudent(encoder=self.backbone, target_dim=self.teacher.dim)
         self.student_stats = transforms_lib.normalization_stats(config.data.train_transform)
         self.eval_mask = self._draw(np.random.default_rng(EVAL_MASK_SEED))
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
-        return masking.make_mask(self.eva_config.mask, self.grid, self.count, rng,
-                                 int(self.eva_config.min_block)).reshape(-1)
+        return masking.make_mask(self.cfg.mask, self.grid, self.count, rng,
+                                 int(self.cfg.min_block)).reshape(-1)
 
     # ------------------------------------------------------------------ interface
     def prepare_example(self, example: dict, rng: np.random.Generator) -> dict:
         return dict(example, patch_mask=self._draw(rng))
-
-    def backbone_params(self, params: Params) -> Params:
-        return params["encoder"]
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
         rng_init, rng_eva = jax.random.split(rng)
         images = batch["image"]
         mask = jnp.zeros((images.shape[0], self.grid[0] * self.grid[1]), bool)
         params = self.model.init(rng_init, images, mask)["params"]
-        params = eva_init(params, rng_eva, float(self.eva_config.init_std))
-        # Placeholders with the teacher's shapes; load_pretrained puts its weights in (fresh runs),
-        # a resumed run restores them from the checkpoint.
+        params = eva_init(params, rng_eva, float(self.cfg.init_std))
+        # Placeholders with the teacher's shapes: a fresh run gets the weights from frozen_extra
+        # (on the host, not baked into this program), a resumed run from its checkpoint.
         pixels = jax.ShapeDtypeStruct((1,) + self.teacher.input_size(self.grid)
                                       + (self.teacher.module.in_channels,), jnp.float32)
         shapes = jax.eval_shape(self.teacher.module.init, jax.random.key(0), pixels)["params"]
         teacher = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return params, {"teacher": teacher}
-
-    def load_pretrained(self, params: Params, extra: Extra) -> tuple[Params, Extra]:
-        want = jax.tree.structure(extra["teacher"])
-        got = self.teacher.variables["params"]
-        if jax.tree.structure(got) != want:
-            raise ValueError(f"teacher {self.teacher.spec!r}: its parameter tree does not match the "
-                             "teacher module's (was it converted with scan=True?).")
-        extra = dict(extra, teacher=got)
-        if self.config.init_from:   # continue from (or evaluate) another EVA run's student
-            from vit_jax import checkpoint
-            from vit_jax.evaluate import backbone
-            source = jax.device_get(checkpoint.load_params(self.config.init_from))
-            params, _ = backbone.merge(jax.device_get(params), source)
-        return params, extra
 
     def _targets(self, extra: Extra, images: Array) -> Array:
         mean, std = self.student_stats
@@ -127,11 +101,9 @@ class EVAObjective(Objective):
         loss = masked_cosine_loss(pred, self._targets(extra, images), mask)
         return loss, ({"loss": loss}, extra)
 
-    def evaluate(self, params: Params, extra: Extra, batch: Batch) -> dict[str, Array]:
+    def eval_metrics(self, params: Params, extra: Extra, batch: Batch) -> dict[str, Array]:
         images = batch["image"]
         mask = jnp.broadcast_to(jnp.asarray(self.eval_mask), (images.shape[0], self.eval_mask.size))
         pred = self.model.apply({"params": params}, images, mask, train=False)
         return {"loss": per_example_masked_cosine_loss(pred, self._targets(extra, images), mask)}
 
-
-register("eva", EVAObjective)

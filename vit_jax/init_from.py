@@ -1,11 +1,13 @@
-"""Loading the backbone of a finished run into a new model (config.init_from).
+"""config.init_from: a fresh run starts from the weights of another vit_jax run, once, on the host.
 
-The source may be any vit_jax run: a supervised ViT (its params are the backbone), an MAE or EVA
-run (params["encoder"]), a probe run (params["backbone"]), or a DINO / EsViT run (the backbone
-of its EMA teacher, extra["ema_teacher"]["params"]["backbone"]). Leaves are matched by path and shape;
-the head and fc_norm of the new model keep their fresh init; a learned position embedding
-that the source did not have (MAE's fixed sincos) starts from the sincos values, and one of
-another grid size is resized.
+The rule, for every method: a source run of the SAME objective is continued (all its params are
+loaded, e.g. MAE's decoder too); any other source gives its backbone, as its objective declares
+it (`backbone_variables`: a supervised ViT's params, an MAE or EVA encoder, a probe's backbone,
+a DINO / EsViT run's EMA teacher), to this run's backbone (params[objective.backbone_key]).
+Leaves are matched by path and shape; the head and fc_norm of the new model keep their fresh
+init; a learned position embedding that the source did not have (MAE's fixed sincos) starts
+from the sincos values, and one of another grid size is resized. Only "params" are loaded
+(BatchNorm statistics start fresh).
 """
 from __future__ import annotations
 
@@ -14,20 +16,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax import runs
 from vit_jax.models import layers
+from vit_jax.objectives.base import subtree
 from vit_jax.optim import path_str
 
 # Parts of a backbone that a new task is expected to bring itself.
 FRESH = ("head", "fc_norm")
-
-
-def backbone_of(params: dict) -> dict:
-    """The backbone subtree of any run's parameters."""
-    for key in ("encoder", "backbone"):
-        if key in params and isinstance(params[key], dict):
-            return params[key]
-    return params
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -105,26 +100,27 @@ def _is_square(n: int) -> bool:
     return n > 0 and int(round(n ** 0.5)) ** 2 == n
 
 
-# Where self-distillation runs (DINO, EsViT) keep the EMA teacher, the network they evaluate.
-EMA_TEACHER = ("extra", "ema_teacher", "params")
-
-
-def run_params(init_from: str) -> tuple[Any, str]:
-    """The parameters a downstream task should start from, and which they are: a run's EMA
-    teacher when it has one (DINO and EsViT report the teacher), else its trained params."""
-    try:
-        return jax.device_get(checkpoint.load_params(init_from, path=EMA_TEACHER)), "EMA teacher"
-    except KeyError:
-        return jax.device_get(checkpoint.load_params(init_from)), "params"
-
-
-def load_backbone(init_from: str, target: Any, log: bool = True) -> Any:
-    """The backbone of the run in `init_from` merged into `target` (a backbone params tree)."""
-    params, which = run_params(init_from)
-    source = backbone_of(params)
-    merged, report = merge(jax.device_get(target), source)
+def load(objective: Any, params: Any, source: str, log: bool = True) -> Any:
+    """`params` (host or device arrays of `objective`'s run) with the weights of the run in
+    `source` merged in by the module docstring's rule. Raises ValueError when they do not fit."""
+    src = runs.load_run(source)
+    same = src.config.objective == objective.config.objective
+    if same:
+        merged, report = merge(jax.device_get(params), src.params)
+    else:
+        key = objective.backbone_key
+        target = subtree(jax.device_get(params), key)
+        sub, report = merge(target, src.backbone_variables["params"])
+        merged = _replace(jax.device_get(params), key, sub)
     if log and jax.process_index() == 0:
-        print(f"init_from {init_from} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
+        which = "all params" if same else f"the backbone of the {src.config.objective} run"
+        print(f"init_from {source} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
               f"{', '.join(report['fresh']) or 'none'}; unused: {', '.join(report['unused']) or 'none'}",
               flush=True)
     return merged
+
+
+def _replace(tree: Any, key: tuple[str, ...], value: Any) -> Any:
+    if not key:
+        return value
+    return dict(tree, **{key[0]: _replace(tree[key[0]], key[1:], value)})

@@ -1,12 +1,15 @@
 """Linear probe (MAE's protocol): a frozen backbone, then BatchNorm without affine and a linear head.
 
-The backbone runs in inference mode under stop_gradient, and its lr factor is 0, so only the
-head learns. MAE trains the probe with LARS (optim.name="lars", momentum 0.9, trust 0.001,
-no weight decay) on the class token; the head's kernel starts from N(0, 0.01).
+The backbone runs in inference mode under stop_gradient and optim.freeze must cover it
+(configs set optim.freeze = "backbone/"), so only the head learns. MAE trains the probe with
+LARS (optim.name="lars", momentum 0.9, trust 0.001, no weight decay) on the class token; the
+head's kernel starts from N(0, 0.01).
 
     python -m vit_jax.main --config configs/mnist5k/linear_probe.py:WORKDIR_OF_PRETRAINING --workdir DIR
 """
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -14,8 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import models
-from vit_jax.objectives.supervised import backbone_kwargs
-from vit_jax.objectives import Objective, register
+from vit_jax.objectives.base import Objective, backbone_kwargs
 
 
 class ProbeHead(nn.Module):
@@ -30,37 +32,33 @@ class ProbeHead(nn.Module):
 
 
 class LinearProbe(Objective):
-    name = "linear_probe"
+    """params = {"backbone", "head"}; extra = {"backbone": its collections, "head": {"batch_stats"}}."""
+    backbone_key = ("backbone",)
 
     def __init__(self, config, info):
         super().__init__(config, info)
-        self.model = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
+        if info.num_classes <= 0:
+            raise ValueError("the linear probe needs a labelled dataset")
+        freeze = config.optim.freeze
+        if not freeze or not re.match(freeze, "backbone/") or re.match(freeze, "head/"):
+            raise ValueError(f"optim.freeze={freeze!r}: the linear probe trains its head only; "
+                             "set --config.optim.freeze=backbone/")
+        self.backbone = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
         self.head = ProbeHead(info.num_classes)
 
-    def check_config(self) -> None:
-        if self.info.num_classes <= 0:
-            raise ValueError("the linear probe needs a labelled dataset")
+    def backbone_variables(self, params, extra):
+        return {"params": params["backbone"], **extra["backbone"]}
 
     def init(self, rng, batch):
         r1, r2 = jax.random.split(rng)
-        bb = self.model.init({"params": r1}, batch["image"], train=False)
-        feats, _ = self.model.apply(bb, batch["image"], train=False)
+        bb = self.backbone.init({"params": r1}, batch["image"], train=False)
+        feats, _ = self.backbone.apply(bb, batch["image"], train=False)
         head = self.head.init({"params": r2}, feats, train=False)
         params = {"backbone": bb.pop("params"), "head": head["params"]}
         return params, {"backbone": dict(bb), "head": {"batch_stats": head["batch_stats"]}}
 
-    def load_pretrained(self, params, extra):
-        if self.config.init_from:
-            from vit_jax.evaluate import backbone
-            params = dict(params, backbone=backbone.load_backbone(self.config.init_from, params["backbone"]))
-        return params, extra
-
-    def lr_multipliers(self, params):
-        return {"backbone": jax.tree.map(lambda _: 0.0, params["backbone"]),
-                "head": jax.tree.map(lambda _: 1.0, params["head"])}
-
     def _features(self, params, extra, images):
-        feats, _ = self.model.apply({"params": params["backbone"], **extra["backbone"]}, images, train=False)
+        feats, _ = self.backbone.apply(self.backbone_variables(params, extra), images, train=False)
         return jax.lax.stop_gradient(feats.astype(jnp.float32))
 
     def loss(self, params, extra, batch, rng, step):
@@ -71,12 +69,9 @@ class LinearProbe(Objective):
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return loss, ({"loss": loss, "accuracy": accuracy}, dict(extra, head=dict(new)))
 
-    def evaluate(self, params, extra, batch):
+    def eval_metrics(self, params, extra, batch):
         feats = self._features(params, extra, batch["image"])
         logits = self.head.apply({"params": params["head"], **extra["head"]}, feats, train=False)
         labels = batch["label"]
         return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
                 "accuracy": (jnp.argmax(logits, -1) == labels).astype(jnp.float32)}
-
-
-register("linear_probe", LinearProbe)
