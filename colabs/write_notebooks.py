@@ -384,7 +384,7 @@ config.data.train_split, config.data.eval_split = "train", "test"
 config.data.train_transform, config.data.eval_transform = TRAIN_TRANSFORM, EVAL_TRANSFORM
 config.tensorboard = False
 # the recipe's durations are in epochs (they fit any folder) except its warm-up, 60 mnist5k steps
-config.optim.warmup_steps, config.optim.warmup_epochs = None, 2
+config.optim.warmup_steps, config.optim.warmup_epochs = None, 3
 config.log_every = 20
 if SMALL:
     few_steps(config, 30, evals=2)

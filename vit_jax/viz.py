@@ -4,6 +4,7 @@ Host-side numpy only (no jax computation): callers pass arrays they fetched with
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Sequence
@@ -216,7 +217,6 @@ def attention_picture(images: np.ndarray, maps: np.ndarray, mean: Sequence[float
 
 def read_metrics(path: str) -> list[dict]:
     """The rows of a run's metrics.jsonl (a workdir or the file itself)."""
-    import json
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     with open(path) as f:

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from vit_jax.models.layers import sincos_2d
 from vit_jax.models.mae import MAE
@@ -53,10 +54,10 @@ def _to_numpy(t: Any) -> np.ndarray:
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        from safetensors.numpy import load_file
         return {k: _to_numpy(v) for k, v in load_file(str(path)).items()}
     except TypeError:
-        # numpy has no bfloat16: read through torch instead.
+        # numpy has no bfloat16: read through torch instead (torch is optional, so imported
+        # only here).
         from safetensors.torch import load_file as load_torch
         return {k: _to_numpy(v) for k, v in load_torch(str(path)).items()}
 
@@ -341,7 +342,6 @@ def write_hf_folder(folder: PathLike, cfg: dict, tensors: Mapping[str, np.ndarra
         cfg["label2id"] = {labels[i]: i for i in range(num_classes)}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
     # np.array, not ascontiguousarray, which turns 0-d arrays (num_batches_tracked) into 1-d
     save_file({k: np.array(v, order="C") for k, v in tensors.items()},
               str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -164,7 +164,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
 
     Fast path (no bias, no active dropout, no recording): jax.nn.dot_product_attention, the
     fused kernel where the backend has one.  Otherwise the explicit path with the softmax in
-    float32; it gives the same numbers, so recorded weights are the ones the fast path uses.
+    float32; it agrees with the fast path to float rounding, so recorded weights are the ones
+    the model uses.
     """
     active_dropout = not deterministic and dropout > 0.0
     if not bias and not active_dropout and record is None:
@@ -175,6 +176,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
     weights = jax.nn.softmax(logits, axis=-1)
     if record is not None:
         record(weights)
+    # Built on every explicit call (a no-op unless active): the caller's auto-named dropouts
+    # (Dropout_0, _1, ...) and so their rng streams stay those of the original modules.
     weights = nn.Dropout(dropout, deterministic=not active_dropout)(weights)
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 

@@ -58,6 +58,25 @@ def backbone_kwargs(config: mlc.ConfigDict, info: DataInfo, **fixed: Any) -> dic
     return kw
 
 
+def init_module(module: nn.Module, rng: jax.Array, images: jax.Array) -> tuple[Params, dict]:
+    """(params, its other collections, e.g. {"batch_stats"}) of a backbone initialised on images."""
+    variables = dict(module.init({"params": rng}, images, train=False))
+    return variables.pop("params"), variables
+
+
+def apply_module(module: nn.Module, params: Params, collections: dict, images: jax.Array, train: bool,
+                 rng: jax.Array | None = None) -> tuple[jax.Array, dict, dict]:
+    """`module` on images with {"params": params, **collections} -> (out, aux, new collections);
+    in training the collections (BatchNorm statistics) are updated from the batch."""
+    variables = {"params": params, **collections}
+    rngs = {"dropout": rng} if rng is not None else {}
+    if train and collections:
+        (out, aux), new = module.apply(variables, images, train=True, rngs=rngs, mutable=list(collections))
+        return out, aux, dict(new)
+    out, aux = module.apply(variables, images, train=train, rngs=rngs)
+    return out, aux, collections
+
+
 def no_head(config: mlc.ConfigDict, method: str) -> None:
     """Raises when config.model asks a headless method's backbone for a classification head."""
     if config.model.get("num_classes", 0) != 0:

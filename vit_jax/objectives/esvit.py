@@ -32,7 +32,8 @@ from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.dino_head import DINOHead
 from vit_jax.objectives import dino_losses as losses
-from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs, no_head
+from vit_jax.objectives.base import (Batch, Extra, Objective, Params, apply_module, backbone_kwargs,
+                                     init_module, no_head)
 
 Array = jax.Array
 
@@ -114,14 +115,8 @@ class EsViT(Objective):
 
     # ------------------------------------------------------------------ networks
     def _backbone(self, model, params, stats, images, train, rng=None):
-        """-> (pooled (B, D), patch tokens (B, T, D), new stats)."""
-        variables = {"params": params, **stats}
-        rngs = {"dropout": rng} if rng is not None else {}
-        if train and stats:      # BatchNorm (CvT): batch statistics, running stats updated
-            (out, aux), new = model.apply(variables, images, train=True, rngs=rngs, mutable=list(stats))
-            stats = dict(new)
-        else:
-            out, aux = model.apply(variables, images, train=train, rngs=rngs)
+        """-> (pooled (B, D), patch tokens (B, T, D), new stats (CvT's BatchNorm))."""
+        out, aux, stats = apply_module(model, params, stats, images, train, rng)
         tokens = aux["encoded"][:, aux["encoded"].shape[1] - _token_count(aux):]
         return out.astype(jnp.float32), tokens, stats
 
@@ -144,9 +139,8 @@ class EsViT(Objective):
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
         r_b, r_h, r_r = jax.random.split(rng, 3)
         images = batch["global_crops"][:, 0]
-        variables = self.backbone.init({"params": r_b}, images, train=False)
-        params = {"backbone": variables.pop("params")}
-        stats = dict(variables)
+        backbone, stats = init_module(self.backbone, r_b, images)
+        params = {"backbone": backbone}
         pooled, tokens, _ = self._backbone(self.backbone, params["backbone"], stats, images, False)
         params["head"] = self.head.init(r_h, pooled)["params"]
         if self.region_head is not None:

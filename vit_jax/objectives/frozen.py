@@ -6,7 +6,7 @@ floor); the evaluators in config.evals (e.g. type "knn") read it through `backbo
 from __future__ import annotations
 
 from vit_jax import models
-from vit_jax.objectives.base import Objective, backbone_kwargs
+from vit_jax.objectives.base import Objective, backbone_kwargs, init_module
 
 
 class FrozenBackbone(Objective):
@@ -19,9 +19,7 @@ class FrozenBackbone(Objective):
         self.backbone = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
 
     def init(self, rng, batch):
-        variables = self.backbone.init({"params": rng}, batch["image"], train=False)
-        params = variables.pop("params")
-        return params, dict(variables)
+        return init_module(self.backbone, rng, batch["image"])
 
     def backbone_variables(self, params, extra):
         return {"params": params, **extra}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import models
-from vit_jax.objectives.base import Objective, backbone_kwargs
+from vit_jax.objectives.base import Objective, backbone_kwargs, init_module
 
 
 class ProbeHead(nn.Module):
@@ -51,11 +51,11 @@ class LinearProbe(Objective):
 
     def init(self, rng, batch):
         r1, r2 = jax.random.split(rng)
-        bb = self.backbone.init({"params": r1}, batch["image"], train=False)
-        feats, _ = self.backbone.apply(bb, batch["image"], train=False)
+        bb, stats = init_module(self.backbone, r1, batch["image"])
+        feats, _ = self.backbone.apply({"params": bb, **stats}, batch["image"], train=False)
         head = self.head.init({"params": r2}, feats, train=False)
-        params = {"backbone": bb.pop("params"), "head": head["params"]}
-        return params, {"backbone": dict(bb), "head": {"batch_stats": head["batch_stats"]}}
+        extra = {"backbone": stats, "head": {"batch_stats": head["batch_stats"]}}
+        return {"backbone": bb, "head": head["params"]}, extra
 
     def _features(self, params, extra, images):
         feats, _ = self.backbone.apply(self.backbone_variables(params, extra), images, train=False)

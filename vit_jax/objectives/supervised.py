@@ -7,19 +7,7 @@ import optax
 
 from vit_jax import models
 from vit_jax.data import mixup as mixup_lib
-from vit_jax.objectives.base import Objective, backbone_kwargs
-
-
-def apply_with_stats(module, params, extra, images, train, rng=None):
-    """`module` on images with {"params": params, **extra}; in training, the mutable collections
-    in `extra` (BatchNorm statistics) are updated. -> (out, aux, new extra)."""
-    variables = {"params": params, **extra}
-    rngs = {"dropout": rng} if rng is not None else {}
-    if train and extra:
-        (out, aux), new = module.apply(variables, images, train=True, rngs=rngs, mutable=list(extra))
-        return out, aux, dict(new)
-    out, aux = module.apply(variables, images, train=train, rngs=rngs)
-    return out, aux, extra
+from vit_jax.objectives.base import Objective, apply_module, backbone_kwargs, init_module
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -53,9 +41,7 @@ class Supervised(Objective):
         return {"params": params, **extra}
 
     def init(self, rng, batch):
-        variables = self.backbone.init({"params": rng}, batch["image"], train=False)
-        params = variables.pop("params")
-        return params, dict(variables)
+        return init_module(self.backbone, rng, batch["image"])
 
     def loss(self, params, extra, batch, rng, step):
         s = self.cfg
@@ -65,12 +51,12 @@ class Supervised(Objective):
         if s.mixup_alpha > 0 or s.cutmix_alpha > 0:
             images, targets = mixup_lib.mixup_cutmix(rng_mix, images, targets, s.mixup_alpha,
                                                      s.cutmix_alpha, prob=s.mix_prob)
-        logits, _, extra = apply_with_stats(self.backbone, params, extra, images, True, rng_drop)
+        logits, _, extra = apply_module(self.backbone, params, extra, images, True, rng_drop)
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return loss, ({"loss": loss, "accuracy": accuracy}, extra)
 
     def eval_metrics(self, params, extra, batch):
-        logits, _, _ = apply_with_stats(self.backbone, params, extra, batch["image"], False)
+        logits, _, _ = apply_module(self.backbone, params, extra, batch["image"], False)
         return classification_metrics(logits, batch["label"])
