@@ -16,6 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import config_base, models, objectives, optim, sharding, train
+from vit_jax import state as state_lib
+from vit_jax.data.info import DataInfo
+
 # Dense peak TFLOP/s per device, by jax device_kind (bf16 unless noted).
 PEAK_TFLOPS = {
         "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100": 989.0, "NVIDIA H200": 989.0,
@@ -38,9 +42,6 @@ def _sig(x: float, digits: int = 4) -> float:
 def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size: int | None = None,
                     dtype: str = "float32", num_classes: int = 1000, mesh: tuple[int, int, int] = (-1, 1, 1),
                     overrides: dict | None = None) -> dict:
-    from vit_jax import config_base, models, objectives, optim, sharding, train
-    from vit_jax import state as state_lib
-    from vit_jax.data.info import DataInfo
 
     cfg = config_base.base_config()
     cfg.model_name = model

@@ -18,8 +18,7 @@ import numpy as np
 
 from vit_jax import runs
 from vit_jax.models import layers
-from vit_jax.objectives.base import subtree
-from vit_jax.optim import path_str
+from vit_jax.trees import path_str, replace_subtree, subtree
 
 # Parts of a backbone that a new task is expected to bring itself.
 FRESH = ("head", "fc_norm")
@@ -111,7 +110,7 @@ def load(objective: Any, params: Any, source: str, log: bool = True) -> Any:
         key = objective.backbone_key
         target = subtree(jax.device_get(params), key)
         sub, report = merge(target, src.backbone_variables["params"])
-        merged = _replace(jax.device_get(params), key, sub)
+        merged = replace_subtree(jax.device_get(params), key, sub)
     if log and jax.process_index() == 0:
         which = "all params" if same else f"the backbone of the {src.config.objective} run"
         print(f"init_from {source} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
@@ -119,8 +118,3 @@ def load(objective: Any, params: Any, source: str, log: bool = True) -> Any:
               flush=True)
     return merged
 
-
-def _replace(tree: Any, key: tuple[str, ...], value: Any) -> Any:
-    if not key:
-        return value
-    return dict(tree, **{key[0]: _replace(tree[key[0]], key[1:], value)})

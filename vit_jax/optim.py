@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vit_jax.trees import path_str, replace_subtree, subtree
+
 # Leaves that never get weight decay (the ViT/DeiT/MAE/Swin convention), by their own name:
 # biases, norm scales, and the embeddings and tables that are not kernels. Anything 1-D is
 # excluded too.
@@ -112,10 +114,6 @@ SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": const
 CLIP_MODES = ("global", "per_param")
 
 
-def path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES) -> Any:
     """True where a leaf gets weight decay: arrays of 2+ dims whose name is not in `no_decay`."""
     def one(path, leaf):
@@ -179,18 +177,8 @@ def lr_factors(o, params: Any, backbone_key: tuple[str, ...] = (),
         if num_layers is None:
             raise ValueError("optim.layer_decay uses ViT layer ids; this backbone has no flat block "
                              "list yet: set optim.layer_decay=1.0")
-        sub = params
-        for k in backbone_key:
-            sub = sub[k]
-        decayed = layer_decay_multipliers(sub, num_layers, o.layer_decay)
-        factors = jax.tree.map(lambda _: np.float32(1.0), params)
-        if backbone_key:
-            node = factors
-            for k in backbone_key[:-1]:
-                node = node[k]
-            node[backbone_key[-1]] = decayed
-        else:
-            factors = decayed
+        decayed = layer_decay_multipliers(subtree(params, backbone_key), num_layers, o.layer_decay)
+        factors = replace_subtree(jax.tree.map(lambda _: np.float32(1.0), params), backbone_key, decayed)
     if o.get("freeze"):
         try:
             pattern = re.compile(o.freeze)

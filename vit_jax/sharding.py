@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from vit_jax.trees import path_str
+
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
@@ -64,17 +66,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
 
 def _fsdp_spec(shape: tuple[int, ...], spec: list, fsdp: int, min_size: int) -> list:
     """Adds 'fsdp' on the largest free dimension that it divides."""
@@ -114,7 +105,7 @@ def tree_shardings(tree: Any, mesh: Mesh, **kw) -> Any:
         shape = tuple(getattr(leaf, "shape", ()))
         if not shape:
             return replicated(mesh)
-        return NamedSharding(mesh, param_spec(_path_str(path), shape, mesh, **kw))
+        return NamedSharding(mesh, param_spec(path_str(path), shape, mesh, **kw))
     return jax.tree_util.tree_map_with_path(one, tree)
 
 

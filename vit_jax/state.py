@@ -41,11 +41,10 @@ def init_state(objective: Any, tx: optax.GradientTransformation, rng: jax.Array,
 def put_frozen_extra(objective: Any, extra: Any) -> Any:
     """`extra` with the objective's host-given entries (objective.frozen_extra, e.g. EVA's
     teacher) in place of init's placeholders; ValueError when their trees or shapes differ."""
-    frozen = getattr(objective, "frozen_extra", None) or {}
-    if not frozen:
+    if not objective.frozen_extra:
         return extra
     extra = dict(extra)
-    for key, value in frozen.items():
+    for key, value in objective.frozen_extra.items():
         want = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), extra.get(key))
         got = jax.tree.map(lambda x: (tuple(np.shape(x)), jnp.dtype(np.asarray(x).dtype)), value)
         if jax.tree.structure(want) != jax.tree.structure(got) or want != got:

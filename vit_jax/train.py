@@ -170,7 +170,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                          donate_argnums=(0,))
     ctx = EvalContext(config, mesh, workdir, objective, plan.train_source, plan.eval_source,
                       plan.eval_transform, _is_main(), validate_lib.source_kwargs(config.data))
-    evaluators = evaluators_lib.build(config, ctx, plan.evaluators)
+    evaluators = evaluators_lib.build(ctx, plan.evaluators)
 
     writer = metrics_lib.MetricWriter(workdir, start if resuming else None, _is_main(), config.tensorboard)
     progress = metrics_lib.Progress(total_steps, config.batch_size, _is_main() and config.progress)
@@ -202,6 +202,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             last.update(results)
             _log("  ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
 
+    ckpt_every = plan.steps["checkpoint_every"]
     t_start = time.perf_counter()
     progress.reset_clock(start)
     step = start
@@ -224,8 +225,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                 flush()
                 run_evals(step, is_last)
                 progress.reset_clock(step)
-            every = plan.steps["checkpoint_every"]
-            if (every and step % every == 0) or is_last:
+            if (ckpt_every and step % ckpt_every == 0) or is_last:
                 flush()  # never save a state whose step went non-finite
                 ckpt.save(step, state, pipe.state())
                 progress.reset_clock(step)

@@ -45,7 +45,9 @@ _EVERY = tuple(durations.placeholders("every"))
 @dataclasses.dataclass
 class Evaluator:
     name: str
-    every: int          # steps between runs; 0: only at the end
+    kind: EvalType
+    spec: mlc.ConfigDict  # the type's keys, checked, defaults filled in
+    every: int            # steps between runs; 0: only at the end
     run: Run | None = None
 
 
@@ -78,17 +80,13 @@ def plan(config: Any, objective: Any, num_train: int, eval_every: int,
     and with their intervals in steps; nothing is built or compiled. Raises ValueError."""
     out = []
     for name, raw in sorted((config.get("evals") or {}).items()):
-        _spec(name, raw, objective)
+        kind, spec = _spec(name, raw, objective)
         every = durations.resolve(raw, "every", num_train, config.batch_size, eval_every,
                                   f"evals.{name}", note)
-        out.append(Evaluator(name, every))
+        out.append(Evaluator(name, kind, spec, every))
     return out
 
 
-def build(config: Any, ctx: EvalContext, planned: list[Evaluator]) -> list[Evaluator]:
+def build(ctx: EvalContext, planned: list[Evaluator]) -> list[Evaluator]:
     """`planned` with their run functions (jitted lazily: the first call compiles)."""
-    built = []
-    for ev in planned:
-        t, spec = _spec(ev.name, config.evals[ev.name], ctx.objective)
-        built.append(dataclasses.replace(ev, run=t.make(ev.name, spec, ctx)))
-    return built
+    return [dataclasses.replace(ev, run=ev.kind.make(ev.name, ev.spec, ctx)) for ev in planned]

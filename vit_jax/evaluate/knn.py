@@ -58,7 +58,7 @@ def check(name: str, spec) -> None:
 def make(name: str, spec, ctx: EvalContext):
     """state, step -> {"eval/<name>/top1_k<k>": accuracy}."""
     objective, cfg = ctx.objective, ctx.config
-    num_classes = int(getattr(ctx.train_source, "num_classes", 0) or 0)
+    num_classes = objective.info.num_classes
     if num_classes <= 0:
         raise ValueError(f"evals.{name} (knn) needs a labelled dataset")
     feature_fn = jax.jit(features.pooled_features(objective.backbone))

@@ -17,6 +17,7 @@ import ml_collections as mlc
 import numpy as np
 
 from vit_jax.data.info import DataInfo
+from vit_jax.trees import subtree
 
 Params = Any
 Extra = Any  # non-trainable method state: BatchNorm statistics, EMA teachers, centers ...
@@ -36,13 +37,6 @@ def section(config: mlc.ConfigDict, key: str, defaults: dict) -> mlc.ConfigDict:
         for k in given.keys():
             out[k] = given[k]
     return out
-
-
-def subtree(tree: Any, key: tuple[str, ...]) -> Any:
-    """tree[key[0]][key[1]]...; the whole tree for key == ()."""
-    for k in key:
-        tree = tree[k]
-    return tree
 
 
 def backbone_kwargs(config: mlc.ConfigDict, info: DataInfo, **fixed: Any) -> dict:
