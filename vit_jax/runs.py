@@ -106,7 +106,8 @@ def upgrade_config(values: dict) -> tuple[dict, list[str]]:
 
 def _overlay(base: mlc.ConfigDict, values: dict) -> None:
     for k, v in values.items():
-        if isinstance(v, dict) and k in base and isinstance(base[k], mlc.ConfigDict) and k not in ("model", "evals"):
+        merge = k in base and isinstance(base[k], mlc.ConfigDict) and k not in ("model", "evals")
+        if isinstance(v, dict) and merge:
             _overlay(base[k], v)
         else:
             base[k] = mlc.ConfigDict(v) if isinstance(v, dict) else v
@@ -131,8 +132,9 @@ def load_config(workdir: str) -> mlc.ConfigDict:
 def workdir_of(path: str) -> str:
     """A run's workdir from the workdir or its checkpoints/ directory."""
     path = os.path.abspath(path)
-    if os.path.basename(path) == "checkpoints" and os.path.isfile(os.path.join(os.path.dirname(path), "config.json")):
-        return os.path.dirname(path)
+    parent = os.path.dirname(path)
+    if os.path.basename(path) == "checkpoints" and os.path.isfile(os.path.join(parent, "config.json")):
+        return parent
     return path
 
 

@@ -2,8 +2,9 @@
 
 `validate(config)` raises ConfigError with a message that names the key and the fix,
 or returns a Plan: the objective, the data sources and transforms, the shape of one
-example, every duration in steps, the evaluators and the optimizer's lr factors. The model is traced abstractly (jax.eval_shape), which
-takes a moment and no compile, so shape errors also surface here.
+example, every duration in steps, the evaluators and the optimizer's lr factors. The model is
+traced abstractly (jax.eval_shape), which takes a moment and no compile, so shape errors also
+surface here.
 """
 from __future__ import annotations
 

@@ -109,7 +109,8 @@ class Objective:
     def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array,
              step: jax.Array) -> tuple[jax.Array, tuple[Metrics, Extra]]:
         """Scalar loss to minimise and (metrics dict of scalars, updated extra). Pure; runs in jit."""
-        raise NotImplementedError(f"the {self.config.objective!r} objective does not train: set total_steps=0")
+        raise NotImplementedError(f"the {self.config.objective!r} objective does not train: "
+                                  "set total_steps=0")
 
     def eval_metrics(self, params: Params, extra: Extra, batch: Batch) -> Metrics:
         """Per-example metrics (name -> (B,)) on an eval batch, averaged over the real rows by the
