@@ -17,9 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class CorruptCheckpointError(RuntimeError):
-    pass
+from vit_jax.errors import CorruptCheckpointError  # noqa: F401  (re-exported)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vit_jax.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/quickstart.py[:ARG]",
                                                                                     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/.")
@@ -39,16 +41,11 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     maybe_initialize_distributed(_MULTIHOST.value)
     from vit_jax import train  # after distributed init: importing jax modules may touch devices
-    from vit_jax.checkpoint import CorruptCheckpointError
-    from vit_jax.validate import ConfigError
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (FloatingPointError, CorruptCheckpointError) as e:  # messages that say what to do
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except UserError as e:  # a message that says what to do; anything else is a bug (traceback)
+        print(f"{e.prefix}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def entry() -> None:

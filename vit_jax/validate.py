@@ -18,11 +18,8 @@ import numpy as np
 from vit_jax import durations, objectives, optim
 from vit_jax.data import sources, transforms
 from vit_jax.data.info import DataInfo
+from vit_jax.errors import ConfigError  # noqa: F401  (re-exported)
 from vit_jax.evaluate import evaluators
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says which key and how to fix it."""
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from vit_jax.errors import UserError
 from vit_jax.models.layers import sincos_2d
 from vit_jax.models.mae import MAE
 from vit_jax.models.vit import ViT, scan_params
@@ -34,7 +35,7 @@ PathLike = str | os.PathLike
 _POSEMB_ATOL = 1e-4
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint cannot be converted (bad keys, shapes or unsupported settings)."""
 
 
