@@ -9,4 +9,18 @@ os.environ.setdefault("VIT_JAX_CACHE", tempfile.mkdtemp(prefix="vit_jax_test_cac
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_num_cpu_devices", 8)  # before any vit_jax import can touch a device
+
+import pytest  # noqa: E402
+
+from tests.tiny_config import epochs_config  # noqa: E402
+from vit_jax import train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """(workdir, summary) of the tiny run (tests/tiny_config.py:epochs_config), trained once per
+    session: checkpoints at steps 4, 8, 12. Tests that change it work on a copy."""
+    workdir = str(tmp_path_factory.mktemp("finished_run"))
+    summary = train.run(epochs_config(), workdir)
+    return workdir, summary

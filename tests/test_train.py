@@ -24,15 +24,6 @@ def snapshot(workdir):
     return out
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    cfg = get_config()
-    cfg.total_steps, cfg.num_epochs = -1, 0.1375  # 0.1375 * 1397 / 16 -> 12 steps
-    summary = train.run(cfg, workdir)
-    return workdir, summary
-
-
 def test_run_writes_config_metrics_and_checkpoints(finished_run):
     workdir, summary = finished_run
     cfg = json.load(open(os.path.join(workdir, "config.json")))
@@ -149,24 +140,6 @@ def test_failing_run_leaves_workdir_untouched(finished_run):
     cfg = get_config()
     cfg.model.width = 15  # not divisible by num_heads
     with pytest.raises(validate.ConfigError):
-        train.run(cfg, workdir)
-    assert snapshot(workdir) == before
-
-
-def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(finished_run, tmp_path):
-    import shutil
-    workdir = str(tmp_path / "copy")
-    shutil.copytree(finished_run[0], workdir)
-    state_dir = os.path.join(workdir, "checkpoints", "12", "state")
-    for root, _, files in os.walk(state_dir):
-        for f in files:
-            if not f.startswith("_"):  # the array data files, not orbax's metadata
-                with open(os.path.join(root, f), "wb") as fh:
-                    fh.write(b"not a checkpoint")
-    before = snapshot(workdir)
-    cfg = get_config()
-    cfg.total_steps, cfg.num_epochs = -1, 0.1375
-    with pytest.raises(checkpoint.CorruptCheckpointError, match="checkpoints/12"):
         train.run(cfg, workdir)
     assert snapshot(workdir) == before
 

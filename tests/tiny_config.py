@@ -27,3 +27,11 @@ def get_config(arg: str = ""):
     c.progress = False
     c.async_checkpoints = False
     return c
+
+
+def epochs_config():
+    """The tiny run with its length in epochs (0.1375 * 1397 / 16 -> 12 steps): the shared
+    `finished_run` fixture of tests/conftest.py was trained with it."""
+    c = get_config()
+    c.total_steps, c.num_epochs = -1, 0.1375
+    return c

@@ -16,6 +16,7 @@ import os
 import ml_collections as mlc
 
 from vit_jax import durations, models
+from vit_jax.errors import ConfigError
 
 
 def base_config() -> mlc.ConfigDict:
@@ -31,6 +32,9 @@ def base_config() -> mlc.ConfigDict:
             train_split="train",
             eval_split="test",            # "" turns evaluation off
             data_dir="",                  # tfds data_dir ("" = tfds default)
+            # folders: False stops at an unreadable image with its name; True replaces it by the
+            # next readable file (a note names each skipped file once)
+            skip_bad_images=False,
             # big_vision-style transform strings, see vit_jax/data/transforms.py
             train_transform="normalize('mnist')",
             eval_transform="normalize('mnist')",
@@ -85,6 +89,31 @@ def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def read_config_json(path: str) -> dict:
+    """The JSON object in a run's config.json; a ConfigError naming the file when it is missing,
+    unreadable, not JSON (a run killed while writing it) or not an object."""
+    try:
+        with open(path, "rb") as f:
+            values = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path} does not exist: {os.path.dirname(path)} is not a vit_jax workdir "
+                          "(no config.json); point at a run's workdir") from e
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if isinstance(e, json.JSONDecodeError):
+            # json's messages may end in " at" ("Unterminated string starting at"): the position follows
+            what = f"{e.msg.removesuffix(' at').removesuffix(' starting')} at line {e.lineno} column {e.colno}"
+        else:
+            what = f"not UTF-8 at byte {e.start}"
+        raise ConfigError(f"{path}: {what}: the workdir's config.json is not valid JSON (truncated?); "
+                          "restore it or point at another run") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not the object of a run's "
+                          "config; restore it or point at another run")
+    return values
+
+
 def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
     """Sets c.init_from = workdir and c.model_name / c.model to the backbone that run trained
     (from its config.json), so an evaluation config fits any pre-training run (ViT, Swin, CvT).
@@ -92,8 +121,7 @@ def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
     c.init_from = workdir
     path = os.path.join(workdir, "config.json")
     if workdir and os.path.isfile(path):
-        with open(path) as f:
-            run = json.load(f)
+        run = read_config_json(path)   # a truncated file fails naming it, not as bare JSON
         c.model_name = run["model_name"]
         model, _ = models.upgrade_fields(run.get("model", {}))   # older runs' field names
         c.model = mlc.ConfigDict({k: v for k, v in model.items()

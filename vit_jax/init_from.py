@@ -11,12 +11,13 @@ from the sincos values, and one of another grid size is resized. Only "params" a
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from vit_jax import runs
+from vit_jax.errors import ConfigError, UserError
 from vit_jax.models import layers
 from vit_jax.trees import path_str, replace_subtree, subtree
 
@@ -99,22 +100,39 @@ def _is_square(n: int) -> bool:
     return n > 0 and int(round(n ** 0.5)) ** 2 == n
 
 
+def prepare(objective: Any, abstract_params: Any, source: str) -> Callable[[Any], Any]:
+    """Reads the run in `source` and checks, on `abstract_params` (shapes only, before any compile),
+    that it fits `objective`'s params by the module docstring's rule. Returns `params -> params`
+    with the source's weights merged in. Raises ConfigError naming the source and the leaves."""
+    try:
+        src = runs.load_run(source)
+    except UserError as e:
+        raise ConfigError(f"init_from={source}: {e}") from e
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise ConfigError(f"init_from={source} is not a finished vit_jax run: {e}") from e
+    same = src.config.objective == objective.config.objective
+    key = () if same else objective.backbone_key
+    weights = src.params if same else src.backbone_variables["params"]
+    try:
+        merge(subtree(abstract_params, key), weights)
+    except ValueError as e:
+        raise ConfigError(f"{e} (source: {source}, a {src.config.objective} run of "
+                          f"{src.config.model_name})") from e
+
+    def apply(params: Any, log: bool = True) -> Any:
+        host = jax.device_get(params)
+        merged, report = merge(subtree(host, key), weights)
+        if log and jax.process_index() == 0:
+            which = "all params" if same else f"the backbone of the {src.config.objective} run"
+            print(f"init_from {source} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
+                  f"{', '.join(report['fresh']) or 'none'}; unused: {', '.join(report['unused']) or 'none'}",
+                  flush=True)
+        return replace_subtree(host, key, merged)
+
+    return apply
+
+
 def load(objective: Any, params: Any, source: str, log: bool = True) -> Any:
     """`params` (host or device arrays of `objective`'s run) with the weights of the run in
-    `source` merged in by the module docstring's rule. Raises ValueError when they do not fit."""
-    src = runs.load_run(source)
-    same = src.config.objective == objective.config.objective
-    if same:
-        merged, report = merge(jax.device_get(params), src.params)
-    else:
-        key = objective.backbone_key
-        target = subtree(jax.device_get(params), key)
-        sub, report = merge(target, src.backbone_variables["params"])
-        merged = replace_subtree(jax.device_get(params), key, sub)
-    if log and jax.process_index() == 0:
-        which = "all params" if same else f"the backbone of the {src.config.objective} run"
-        print(f"init_from {source} ({which}): loaded {len(report['loaded'])} arrays; fresh: "
-              f"{', '.join(report['fresh']) or 'none'}; unused: {', '.join(report['unused']) or 'none'}",
-              flush=True)
-    return merged
-
+    `source` merged in by the module docstring's rule. Raises ConfigError when they do not fit."""
+    return prepare(objective, jax.eval_shape(lambda p: p, params), source)(params, log)

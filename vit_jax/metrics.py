@@ -22,11 +22,31 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_rows(path: str) -> tuple[list[dict], bool]:
+    """(rows, torn) of a metrics.jsonl: `torn` when its last line is an incomplete write (a run
+    killed mid-line), which is left out. Raises ValueError naming the line for any other bad line."""
     if not os.path.exists(path):
-        return []
+        return [], False
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+    rows, torn = [], False
+    for k, (i, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if k == len(lines) - 1:
+                torn = True
+                break
+            raise ValueError(f"{path}:{i} is not a metrics row ({e})") from None
+        rows.append(row)
+    return rows, torn
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl (see read_rows; a torn last line is left out)."""
+    return read_rows(path)[0]
 
 
 class MetricWriter:

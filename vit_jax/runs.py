@@ -21,7 +21,7 @@ import numpy as np
 
 from vit_jax import checkpoint, models
 from vit_jax import validate as validate_lib
-from vit_jax.config_base import base_config
+from vit_jax.config_base import base_config, read_config_json
 from vit_jax.data import sources
 
 
@@ -117,11 +117,7 @@ def load_config(workdir: str) -> mlc.ConfigDict:
     """A run's config.json (upgraded, see upgrade_config) laid over today's defaults, so keys
     added since the run take their default."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir} is not a vit_jax workdir (no config.json).")
-    with open(path) as f:
-        values = json.load(f)
-    values, notes = upgrade_config(values)
+    values, notes = upgrade_config(read_config_json(path))
     if notes and jax.process_index() == 0:
         print(f"note: {path} is from an older vit_jax; read with: {'; '.join(notes)}", flush=True)
     config = base_config()
@@ -140,7 +136,8 @@ def workdir_of(path: str) -> str:
 
 def load_run(workdir: str, step: int | None = None) -> Run:
     """The run in `workdir` (or its checkpoints/; see the module docstring). Raises
-    FileNotFoundError without a config or checkpoint, CorruptCheckpointError for an unreadable one."""
+    ConfigError without a readable config.json, FileNotFoundError without a checkpoint,
+    CorruptCheckpointError for an unreadable one."""
     workdir = workdir_of(workdir)
     config = load_config(workdir)
     plan = validate_lib.validate(config)

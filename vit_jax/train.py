@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -17,13 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from vit_jax import checkpoint as ckpt_lib
 from vit_jax import init_from, optim, sharding
 from vit_jax import metrics as metrics_lib
 from vit_jax import state as state_lib
 from vit_jax import validate as validate_lib
+from vit_jax import workdir as workdir_lib
 from vit_jax.data import pipeline as pipeline_lib
+from vit_jax.errors import Interrupted, NonFiniteError, WorkdirError
 from vit_jax.evaluate import evaluators as evaluators_lib
 from vit_jax.evaluate.context import EvalContext
 from vit_jax.objectives import Objective
@@ -95,39 +100,59 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
 
 # -- the loop ---------------------------------------------------------------------------
 
-def _write_config(config, workdir: str, resuming: bool) -> None:
-    path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
-        if old == text:
-            return
-        if resuming:  # keep what the earlier run used; the new config wins from here on
-            prev = os.path.join(workdir, f"config.{int(time.time())}.json")
-            os.replace(path, prev)
-            _log(f"note: the config differs from the one this workdir was started with; old one kept as {prev}")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+class _StopRequest:
+    """SIGINT / SIGTERM while training: finish the step, save a checkpoint, stop with one line.
+    A second signal stops at once (KeyboardInterrupt), keeping the last checkpoint."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        _log(f"{self.signal}: stopping after this step and saving a checkpoint (again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _restore(ckpt, prior, config, abstract):
+    """(step, state, data_state, damaged) of the newest good checkpoint, or a WorkdirError."""
+    try:
+        step, state, data_state, damaged = ckpt_lib.restore_newest(ckpt, prior.steps, abstract)
+    except ckpt_lib.StateMismatch as e:
+        raise workdir_lib.mismatch_error(prior, config, e.step, e.differences) from None
+    batch = data_state.get("global_batch", config.batch_size)
+    if batch != config.batch_size:
+        raise WorkdirError(f"{ckpt.directory}/{step} was trained with batch_size={batch}; resume with "
+                           f"--config.batch_size={batch}, or start a new --workdir with "
+                           f"--config.init_from={prior.path} to continue from its weights.")
+    return step, state, data_state, damaged
 
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
-    total_steps == 0 evaluates the initial (e.g. pre-trained) state only.
+    total_steps == 0 evaluates the initial (e.g. pre-trained) state only. Nothing is written to
+    the workdir until the state is restored or initialised (vit_jax/workdir.py has the rules).
     """
-    # Everything that can be wrong with the config is found here, before any compile.
+    # Everything that can be wrong with the config or the workdir is found here, before any compile.
     plan = validate_lib.validate(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    prior = workdir_lib.inspect(config, workdir, _log)
     total_steps = plan.total_steps
 
     mesh = sharding.make_mesh(**config.mesh)
     objective = plan.objective
-    pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
-                                      config.seed, jax.process_index(), jax.process_count(),
-                                      config.data.workers, config.data.prefetch)
 
     # Shapes, shardings and the optimizer come from an abstract init: nothing is allocated twice.
     example = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}
@@ -139,26 +164,44 @@ def run(config, workdir: str) -> dict[str, Any]:
     abstract = jax.eval_shape(lambda p, e, r: state_lib.create(p, e, tx, r, ema), *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
 
-    ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
-    start = ckpt.latest_step()
-    resuming = start is not None
-    if _is_main():
-        _write_config(config, workdir, resuming)
+    resuming = bool(prior.steps)
+    damaged: dict[int, str] = {}
     if resuming:
-        state, data_state = ckpt.restore(start, ckpt_lib.abstract_like(abstract, state_shardings))
-        pipe.set_state(data_state)
-        _log(f"resumed from {ckpt.directory}/{start}")
+        reader = ckpt_lib.Checkpointer(workdir, read_only=True)
+        start, state, data_state, damaged = _restore(reader, prior, config,
+                                                     ckpt_lib.abstract_like(abstract, state_shardings))
     else:
+        # init_from is read and checked against the abstract params before the init compile
+        load_init = init_from.prepare(objective, abstract_vars[0], config.init_from) \
+            if config.init_from else None
         var_shardings = (state_shardings["params"], state_shardings["extra"])
         params, extra = jax.jit(objective.init, out_shardings=var_shardings)(rng, example)
         # host side, once, never on resume: frozen teachers' weights, then config.init_from
         extra = state_lib.put_frozen_extra(objective, extra)
-        if config.init_from:
-            params = init_from.load(objective, params, config.init_from)
+        if load_init is not None:
+            params = load_init(params)
         params, extra = jax.device_put((params, extra), var_shardings)
         state = jax.jit(lambda p, e, r: state_lib.create(p, e, tx, r, ema),
                         out_shardings=state_shardings)(params, extra, rng)
-        start = 0
+        start, data_state = 0, {"step": 0}
+
+    # The first writes: the state is ready, so a failure above left the workdir as it was.
+    if _is_main():
+        workdir_lib.begin(prior, config, resuming, _log)
+    ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
+    if damaged and _is_main():
+        moved = ckpt.move_aside(sorted(damaged))
+        for (s, why), where in zip(sorted(damaged.items()), moved):
+            _log(f"note: checkpoint {s} is damaged ({why}); moved to {where}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vit_jax workdir ready")
+        ckpt.manager.reload()
+    if resuming:
+        _log(f"resumed from {ckpt.directory}/{start}")
+    pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
+                                      config.seed, jax.process_index(), jax.process_count(),
+                                      config.data.workers, config.data.prefetch)
+    pipe.set_state(data_state)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
          f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
@@ -184,11 +227,14 @@ def run(config, workdir: str) -> dict[str, Any]:
             if not bool(m.pop("finite")):
                 ckpt.wait()
                 saved = ckpt.latest_step()
-                raise FloatingPointError(
+                kept = (f"nothing after step {saved} was saved; lower optim.lr, raise optim.warmup_steps or "
+                        f"set optim.clip_norm, then run again on this workdir to resume from step {saved}"
+                        if saved is not None else
+                        "no checkpoint had been saved yet; lower optim.lr, raise optim.warmup_steps or set "
+                        "optim.clip_norm, then run again (it starts from step 0)")
+                raise NonFiniteError(
                     f"non-finite loss or gradient at step {step} (loss={float(m['train/loss'])}, "
-                    f"grad_norm={float(m['train/grad_norm'])}). The state was not updated and nothing "
-                    f"after step {saved} was saved; lower optim.lr, raise optim.warmup_steps or set "
-                    f"optim.clip_norm, then run again on this workdir to resume from step {saved}.")
+                    f"grad_norm={float(m['train/grad_norm'])}). The state was not updated and {kept}.")
             last.update({k: float(v) for k, v in m.items()})
         pending.clear()
 
@@ -206,7 +252,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     progress.reset_clock(start)
     step = start
+    stop = _StopRequest()
     try:
+        stop.__enter__()
         if total_steps == 0:
             run_evals(0, True)
         for step in range(start + 1, total_steps + 1):
@@ -225,12 +273,17 @@ def run(config, workdir: str) -> dict[str, Any]:
                 flush()
                 run_evals(step, is_last)
                 progress.reset_clock(step)
-            if (ckpt_every and step % ckpt_every == 0) or is_last:
+            if (ckpt_every and step % ckpt_every == 0) or is_last or stop.signal:
                 flush()  # never save a state whose step went non-finite
-                ckpt.save(step, state, pipe.state())
+                ckpt.save(step, state, dict(pipe.state(), global_batch=config.batch_size))
                 progress.reset_clock(step)
+            if stop.signal and not is_last:
+                ckpt.wait()
+                raise Interrupted(f"{stop.signal} at step {step} of {total_steps}; checkpoint {step} saved "
+                                  f"in {ckpt.directory}; run the same command to resume")
         flush()
     finally:
+        stop.__exit__()
         ckpt.close()
         writer.close()
         pipe.close()

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 
 from vit_jax import durations, objectives, optim
-from vit_jax.data import sources, transforms
+from vit_jax.data import pipeline, sources, transforms
 from vit_jax.data.info import DataInfo
-from vit_jax.errors import ConfigError  # noqa: F401  (re-exported)
+from vit_jax.errors import ConfigError, UserError  # noqa: F401  (ConfigError re-exported)
 from vit_jax.evaluate import evaluators
 
 
@@ -47,6 +47,8 @@ def _note(msg: str) -> None:
 
 
 def _check_numbers(c) -> None:
+    if not (isinstance(c.seed, int) and 0 <= c.seed < 2**32):
+        _fail(f"seed={c.seed!r} must be an integer in [0, 2**32)")
     if c.batch_size <= 0:
         _fail(f"batch_size={c.batch_size} must be positive")
     if c.eval_batch_size <= 0:
@@ -130,6 +132,11 @@ def _with_method(transform: Callable, objective: objectives.Objective) -> Callab
 
 def source_kwargs(data) -> dict:
     """Extra arguments of sources.get_source for a config's `data` section."""
+    if data.get("skip_bad_images"):  # .get: a workdir's config.json may predate the key
+        if not data.name.startswith("folder:"):
+            _fail(f"data.skip_bad_images=True applies to image folders (data.name='folder:/path'), "
+                  f"not to data.name={data.name!r}; remove it")
+        return {"skip_bad_images": True}
     return {"data_dir": data.data_dir} if data.data_dir and data.name.startswith("tfds:") else {}
 
 
@@ -149,15 +156,29 @@ def validate(c) -> Plan:
         _fail(f"data: split {c.data.train_split!r} of {c.data.name!r} is empty")
     train_tf = _transform(c.data.train_transform, "train_transform", {})
     eval_tf = _transform(c.data.eval_transform, "eval_transform", {})
-    try:
-        example = train_tf(dict(train_src[0]), np.random.default_rng(0))
-        eval_shape = np.shape(eval_tf(dict(eval_src[0]), np.random.default_rng(0))["image"]) \
-            if eval_src is not None else None
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"data transforms fail on the first example: {type(e).__name__}: {e}") from e
-    example = {k: np.asarray(v) for k, v in example.items()}
+    firsts = {}  # key -> its transform applied to the first example of its split
+    for key, src, tf, split in (("train_transform", train_src, train_tf, c.data.train_split),
+                                ("eval_transform", eval_src, eval_tf, c.data.eval_split)):
+        if src is None:
+            continue
+        at = f" ({pipeline.origin(src, 0)})"
+        try:  # an unreadable file is a DataError naming it: passed on as it is
+            firsts[key] = tf(dict(src[0]), np.random.default_rng(0))
+            at = ""  # mixed_sizes names the file it fails on
+            # Mixed sizes (folders): transform one file of each size now, not fail in some batch.
+            mixed = pipeline.mixed_sizes(src, lambda ex, tf=tf: tf(ex, np.random.default_rng(0)))
+        except UserError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"data.{key}={c.data[key]!r} fails on split {split!r}{at}: "
+                              f"{type(e).__name__}: {e}") from e
+        if mixed:
+            (a, a_hw, a_shape), (b, b_hw, b_shape) = mixed
+            _fail(f"data.{key}={c.data[key]!r} gives images of different shapes: {a} "
+                  f"({a_hw[0]}x{a_hw[1]}) -> {a_shape} but {b} ({b_hw[0]}x{b_hw[1]}) -> {b_shape}; "
+                  + pipeline.SAME_SIZE_FIX.format(keys=f"data.{key}"))
+    eval_shape = np.shape(firsts["eval_transform"]["image"]) if eval_src is not None else None
+    example = {k: np.asarray(v) for k, v in firsts["train_transform"].items()}
     if example["image"].ndim != 3 or example["image"].dtype != np.float32:
         _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
                     f"{example['image'].dtype} {example['image'].shape}")

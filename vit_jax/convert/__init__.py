@@ -73,7 +73,6 @@ lines in `_HF_LOADERS` below):
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -86,7 +85,7 @@ from vit_jax.convert import hf_dinov2
 from vit_jax.convert import hf_swin
 from vit_jax.convert import hf_vit
 from vit_jax.convert.mae_official import load_mae_checkpoint
-from vit_jax.convert.weights import ConversionError, PathLike, Variables
+from vit_jax.convert.weights import ConversionError, MissingFileError, PathLike, Variables, read_json
 
 # config.json "architectures" entry -> loader(folder, cfg, arch, overrides, check_posemb).
 _HF_LOADERS: dict[str, Callable[..., tuple[nn.Module, Variables]]] = {
@@ -154,12 +153,15 @@ def load_hf(folder: PathLike, *, check_posemb: bool = True,
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Hugging Face model folder {folder} does not exist.")
+        raise MissingFileError(f"Hugging Face model folder {folder} does not exist.")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json (found {sorted(os.listdir(folder))}); "
-                                "a Hugging Face model folder needs one (save_pretrained writes it).")
-    cfg = json.loads(cfg_path.read_text())
+        raise MissingFileError(f"{folder} has no config.json (found {sorted(os.listdir(folder))}); "
+                               "a Hugging Face model folder needs one (save_pretrained writes it).")
+    cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not a model config "
+                              "object; re-download it or write the folder again (save_pretrained).")
     arch = _hf_architecture(cfg, folder)
     return _HF_LOADERS[arch](folder, cfg, arch, overrides, check_posemb)
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vit_jax.errors import UserError
@@ -39,6 +40,10 @@ class ConversionError(UserError, ValueError):
     """A checkpoint cannot be converted (bad keys, shapes or unsupported settings)."""
 
 
+class MissingFileError(ConversionError, FileNotFoundError):
+    """A file or folder a conversion reads is absent (a FileNotFoundError too, as it was before)."""
+
+
 # ============================================================================ reading files
 
 def _to_numpy(t: Any) -> np.ndarray:
@@ -53,14 +58,35 @@ def _to_numpy(t: Any) -> np.ndarray:
     return a.astype(np.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a
 
 
+def read_json(path: Path) -> Any:
+    """The JSON in `path` (config.json, a sharded index); ConversionError naming the file when it
+    is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError as e:
+        raise MissingFileError(f"{path} does not exist.") from e
+    except OSError as e:
+        raise ConversionError(f"{path} cannot be read ({e.strerror or e}).") from e
+    except ValueError as e:  # JSONDecodeError (its message has the position), or not UTF-8
+        raise ConversionError(f"{path} is not valid JSON ({e}; truncated?); re-download it or "
+                              "write the folder again (save_pretrained).") from e
+
+
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        return {k: _to_numpy(v) for k, v in load_file(str(path)).items()}
-    except TypeError:
-        # numpy has no bfloat16: read through torch instead (torch is optional, so imported
-        # only here).
-        from safetensors.torch import load_file as load_torch
-        return {k: _to_numpy(v) for k, v in load_torch(str(path)).items()}
+        try:
+            tensors = load_file(str(path))
+        except TypeError:
+            # numpy has no bfloat16: read through torch instead (torch is optional, so imported
+            # only here).
+            from safetensors.torch import load_file as load_torch
+            tensors = load_torch(str(path))
+    except FileNotFoundError as e:
+        raise MissingFileError(f"{path} does not exist.") from e
+    except (SafetensorError, OSError) as e:  # a damaged, truncated or foreign file
+        raise ConversionError(f"{path} is not a readable safetensors file ({e}); re-download it "
+                              "or write it again (save_pretrained, safetensors.save_file).") from e
+    return {k: _to_numpy(v) for k, v in tensors.items()}
 
 
 def torch_load(path: Path) -> Any:
@@ -72,12 +98,21 @@ def torch_load(path: Path) -> Any:
                               "safetensors files do not.") from e
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ConversionError(
-            f"{path} holds Python objects besides tensors (e.g. the argparse Namespace or "
-            "optimizer state of a training checkpoint), which weights_only=True refuses to "
-            "unpickle. If you trust the file, extract the weights once with "
-            "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth').") from e
+    except FileNotFoundError as e:
+        raise MissingFileError(f"{path} does not exist.") from e
+    except Exception as e:  # torch reports a damaged file as any of UnpicklingError, EOFError,
+        text = str(e)       # RuntimeError (zip), IndexError...: every one is about the file
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in text:
+            raise ConversionError(
+                f"{path} holds Python objects besides tensors (e.g. the argparse Namespace or "
+                "optimizer state of a training checkpoint), which weights_only=True refuses to "
+                "unpickle. If you trust the file, extract the weights once with "
+                "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth').") from e
+        found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = found.group(1) if found else (text.strip().splitlines() or [""])[0][:200]
+        raise ConversionError(f"{path} is not a readable PyTorch file ({type(e).__name__}"
+                              f"{': ' + reason if reason else ''}); re-download it or write it "
+                              "again with torch.save.") from e
 
 
 def flatten_torch_state(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -98,12 +133,18 @@ def read_hf_weights(folder: Path) -> dict[str, np.ndarray]:
             return reader(folder / name)
         index = folder / f"{name}.index.json"
         if index.is_file():  # sharded: the index maps every key to its shard
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = read_json(index)
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{index} has no \"weight_map\" object (key -> shard file); "
+                                      "re-download it.")
             out: dict[str, np.ndarray] = {}
-            for shard in shards:
+            for shard in sorted(set(map(str, weight_map.values()))):
+                if not (folder / shard).is_file():
+                    raise MissingFileError(f"{index} lists the shard {shard}, which is not in {folder}.")
                 out.update(reader(folder / shard))
             return out
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json, "
         f"pytorch_model.bin or pytorch_model.bin.index.json (found {sorted(os.listdir(folder))}).")
 

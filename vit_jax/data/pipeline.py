@@ -17,7 +17,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vit_jax.errors import DataError
+
 Transform = Callable[[dict, np.random.Generator], dict]
+SAME_SIZE_FIX = ("add resize((H, W)) or a fixed-size crop (rrc(S), center_crop(S), "
+                 "resize_center_crop(S), pad_crop(S, P)) to {keys} so every image has the same "
+                 "size")
 
 
 @functools.lru_cache(maxsize=4)
@@ -25,8 +30,68 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
-def _stack(examples: Sequence[dict]) -> dict[str, np.ndarray]:
-    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+def origin(source: Any, idx: int) -> str:
+    """Example idx's origin for messages: its file when the source has files (image folders)."""
+    files = getattr(source, "files", None)
+    return str(files[idx]) if files is not None else f"example {idx}"
+
+
+def _stack(examples: Sequence[dict], where: Callable[[int], str] = str) -> dict[str, np.ndarray]:
+    """Examples -> one batch; ``where(row)`` names a row's origin when shapes disagree."""
+    out = {}
+    for k in examples[0]:
+        arrays = [np.asarray(e[k]) for e in examples]
+        try:
+            out[k] = np.stack(arrays)
+        except ValueError as e:
+            odd = [r for r, a in enumerate(arrays) if a.shape != arrays[0].shape]
+            if not odd:
+                raise
+            r = odd[0]
+            what = "images" if k == "image" else f"values of {k!r}"
+            fix = (SAME_SIZE_FIX.format(keys="data.train_transform / data.eval_transform")
+                   if k == "image" else f"every example must give {k!r} the same shape")
+            raise DataError(f"{what} of different shapes in one batch: {arrays[0].shape} "
+                            f"({where(0)}) and {arrays[r].shape} ({where(r)}); {fix}") from e
+    return out
+
+
+def mixed_sizes(source: Any, transform: Callable[[dict], dict], max_files: int = 256,
+                max_sizes: int = 32) -> tuple[tuple[str, tuple, tuple], ...] | None:
+    """Two files whose images, of different sizes, the (deterministic) ``transform`` turns into
+    different shapes: ((where, (h, w), shape), (where, (h, w), shape)); else None.
+
+    Before any compile, so a folder of mixed sizes without a resize fails with its file names, not
+    in `_stack` at some step. Only sources that read sizes cheaply (an ``image_sizes`` method:
+    image folders) are checked; at most ``max_sizes`` distinct sizes are transformed, spread over
+    the aspect ratios (where `resize(int)` differs) plus the smallest (where a crop may not fit).
+    """
+    sizes_of = getattr(source, "image_sizes", None)
+    if sizes_of is None:
+        return None
+    first: dict[tuple[int, int], int] = {}
+    for idx, hw in sizes_of(max_files).items():
+        first.setdefault(hw, idx)
+    if len(first) < 2:
+        return None
+    by_aspect = sorted(first, key=lambda hw: (hw[0] / hw[1], hw))
+    picks = [by_aspect[int(k)] for k in
+             np.unique(np.linspace(0, len(by_aspect) - 1, min(len(by_aspect), max_sizes)).round())]
+    smallest = min(first, key=lambda hw: (hw[0] * hw[1], hw))
+    picks += [smallest] if smallest not in picks else []
+    seen = None
+    for hw in picks:
+        idx = first[hw]
+        where, example = origin(source, idx), dict(source[idx])  # a DataError passes as it is
+        try:
+            shape = tuple(np.shape(transform(example)["image"]))
+        except ValueError as e:
+            raise ValueError(f"{where} ({hw[0]}x{hw[1]}): {e}") from e
+        if seen is None:
+            seen = (idx, (where, hw, shape))
+        elif shape != seen[1][2]:
+            return tuple(x for _, x in sorted([seen, (idx, (where, hw, shape))]))  # file order
+    return None
 
 
 class TrainPipeline:
@@ -72,16 +137,19 @@ class TrainPipeline:
         return step * self.global_batch / len(self.source)
 
     # -- production ------------------------------------------------------------------
-    def _example(self, g: int) -> dict:
+    def _index(self, g: int) -> int:
         n = len(self.source)
-        idx = int(_permutation(self.seed, g // n, n)[g % n])
+        return int(_permutation(self.seed, g // n, n)[g % n])
+
+    def _example(self, g: int) -> dict:
         rng = np.random.default_rng([self.seed, g])
-        return self.transform(dict(self.source[idx]), rng)
+        return self.transform(dict(self.source[self._index(g)]), rng)
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This process' rows of global batch `step`, computed synchronously."""
         first = step * self.global_batch + self.offset
-        return _stack([self._example(g) for g in range(first, first + self.local_batch)])
+        return _stack([self._example(g) for g in range(first, first + self.local_batch)],
+                      lambda r: origin(self.source, self._index(first + r)))
 
     def _submit(self) -> None:
         # One task per batch: per-example tasks cost more in scheduling than small images in work.
@@ -125,4 +193,5 @@ def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], glob
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
         for step in range(num_batches):
             first = step * global_batch + process_index * local
-            yield _stack(list(pool.map(example, range(first, first + local))))
+            yield _stack(list(pool.map(example, range(first, first + local))),
+                         lambda r, first=first: origin(source, min(first + r, n - 1)))

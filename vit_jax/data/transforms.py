@@ -14,10 +14,16 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import numbers
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
+
+# RandAugment lives in its own module (which does not import this one: no cycle); the names are
+# re-exported so vit_jax.data.transforms.RAND_AUGMENT_OPS etc. keep working.
+from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
+from vit_jax.data.randaugment import apply_op as _ra_apply  # noqa: F401  (the old private name)
 
 # Preset (mean, std) in [0, 1] pixel units.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -149,7 +155,8 @@ def random_crop_with_padding(img: np.ndarray, size: Size, padding: int, rng: np.
                     constant_values=fill)
     h, w = padded.shape[:2]
     if h < ch or w < cw:
-        raise ValueError(f"crop {ch}x{cw} larger than the padded image {h}x{w}")
+        raise ValueError(f"crop {ch}x{cw} larger than the padded image {h}x{w}: resize "
+                         "the image first, or crop smaller")
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     return padded[top:top + ch, left:left + cw]
 
@@ -180,55 +187,6 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return from_pil(to_pil(img).convert("L")) if _check(img).shape[-1] == 3 else img
 
 
-# RandAugment op set of timm's rand_augment_transform (the non-"Increasing" variants).
-RAND_AUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
-                    "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX",
-                    "ShearY", "TranslateX", "TranslateY")
-_ENHANCERS = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
-              "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
-
-
-def _ra_apply(im: Image.Image, name: str, level: float, rng: np.random.Generator,
-              fill: int | tuple[int, ...]) -> Image.Image:
-    """One RandAugment op at level = magnitude / 10 in [0, 1] (timm's level -> argument maps)."""
-    if name == "AutoContrast":
-        return ImageOps.autocontrast(im)
-    if name == "Equalize":
-        return ImageOps.equalize(im)
-    if name == "Invert":
-        return ImageOps.invert(im)
-    if name == "Posterize":  # keep int(4 * level) high bits: 0..4, lower is stronger (timm)
-        mask = (0xFF << (8 - int(level * 4))) & 0xFF  # own LUT: PIL's posterize rejects 0 bits
-        return im.point([i & mask for i in range(256)] * len(im.getbands()))
-    if name == "Solarize":  # threshold 0..256: pixels >= threshold are inverted
-        return ImageOps.solarize(im, int(level * 256))
-    if name == "SolarizeAdd":  # add 0..110 to pixels below 128
-        add = int(level * 110)
-        lut = [min(255, i + add) if i < 128 else i for i in range(256)]
-        return im.point(lut * len(im.getbands()))
-    if name in _ENHANCERS:  # factor 0.1..1.9, 1 = identity
-        return _ENHANCERS[name](im).enhance(level * 1.8 + 0.1)
-    # Geometric ops: random sign, random bilinear/bicubic as timm, constant fill outside.
-    sign = -1.0 if rng.random() < 0.5 else 1.0
-    resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
-    if len(im.getbands()) > 1 and np.isscalar(fill):
-        fill = (int(fill),) * len(im.getbands())
-    if name == "Rotate":  # up to 30 degrees
-        return im.rotate(sign * level * 30.0, resample=resample, fillcolor=fill)
-    v = sign * level * 0.3  # shear up to 0.3
-    if name == "TranslateX":  # up to 45% of the width / height
-        coeffs = (1, 0, sign * level * 0.45 * im.size[0], 0, 1, 0)
-    elif name == "TranslateY":
-        coeffs = (1, 0, 0, 0, 1, sign * level * 0.45 * im.size[1])
-    elif name == "ShearX":
-        coeffs = (1, v, 0, 0, 1, 0)
-    elif name == "ShearY":
-        coeffs = (1, 0, 0, v, 1, 0)
-    else:
-        raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RAND_AUGMENT_OPS)}")
-    return im.transform(im.size, Image.AFFINE, coeffs, resample=resample, fillcolor=fill)
-
-
 def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
                  magnitude_std: float = 0.5, *, rng: np.random.Generator,
                  fill: int | tuple[int, ...] = 128, prob: float = 0.5,
@@ -237,19 +195,11 @@ def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
 
     ``num_ops`` ops drawn with replacement from ``ops``; each is applied with probability ``prob``
     (0.5 in timm) at magnitude ~ N(magnitude, magnitude_std) (U(0, magnitude) when std is inf),
-    clipped to [0, 10]. ``fill`` colours the area that geometric ops uncover.
+    clipped to [0, 10]. ``fill`` colours the area that geometric ops uncover. The ops and the
+    policy live in vit_jax/data/randaugment.py (on PIL images); this is the array op.
     """
-    im = to_pil(img)
-    for k in rng.integers(0, len(ops), size=num_ops):
-        if rng.random() >= prob:
-            continue
-        m = magnitude
-        if magnitude_std == float("inf"):
-            m = rng.uniform(0.0, magnitude)
-        elif magnitude_std > 0:
-            m = rng.normal(magnitude, magnitude_std)
-        im = _ra_apply(im, ops[int(k)], float(np.clip(m, 0.0, 10.0)) / 10.0, rng, fill)
-    return from_pil(im)
+    return from_pil(rand_augment_pil(to_pil(img), num_ops, magnitude, magnitude_std, rng=rng,
+                                     fill=fill, prob=prob, ops=ops))
 
 
 # ----------------------------------------------------------------------------- spec strings
@@ -261,6 +211,53 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
                             to_rgb, to_gray)}
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
            "pad_crop": "random_crop_with_padding", "randaug": "rand_augment"}
+
+
+def _num(x: Any, integer: bool = False) -> bool:
+    return (isinstance(x, numbers.Integral if integer else numbers.Real) and not isinstance(x, bool)
+            and math.isfinite(x))
+
+
+def _size_ok(v: Any) -> bool:
+    return (all(_num(x, True) and x > 0 for x in v) and len(v) == 2
+            if isinstance(v, (tuple, list)) else _num(v, True) and v > 0)
+
+
+# Argument kind: (valid?, what a valid value is).
+_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "size": (_size_ok, "must be a positive int or a pair (height, width) of positive ints"),
+    "range": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_num, v))
+              and 0 < v[0] <= v[1], "must be a pair (low, high) with 0 < low <= high"),
+    "prob": (lambda v: _num(v) and 0 <= v <= 1, "must be a probability in [0, 1]"),
+    "fraction": (lambda v: _num(v) and 0 < v <= 1, "must be in (0, 1]"),
+    "count": (lambda v: _num(v, True) and v >= 0, "must be an int >= 0"),
+    "pixel": (lambda v: _num(v, True) and 0 <= v <= 255, "must be an int in [0, 255]"),
+    "magnitude": (lambda v: _num(v) and 0 <= v <= 10, "must be in [0, 10] (RandAugment levels)"),
+    "spread": (lambda v: v == float("inf") or _num(v) and v >= 0, "must be >= 0 (inf: uniform)"),
+    "std": (lambda v: all(_num(x) and x > 0 for x in v), "must be positive numbers"),
+}
+
+
+# Build-time checks of the arguments a spec gives (defaults are valid): a bad value fails naming
+# the op and the argument, not later as numpy's "high - low < 0" somewhere in the first batch.
+_ARG_KINDS: dict[str, dict[str, str]] = {
+    "random_resized_crop": {"size": "size", "scale": "range", "ratio": "range"},
+    "random_flip": {"p": "prob"},
+    "resize": {"size": "size"},
+    "center_crop": {"size": "size"},
+    "resize_center_crop": {"size": "size", "crop_pct": "fraction"},
+    "random_crop_with_padding": {"size": "size", "padding": "count", "fill": "pixel"},
+    "rand_augment": {"num_ops": "count", "magnitude": "magnitude", "magnitude_std": "spread",
+                     "prob": "prob"},
+    "normalize": {"std": "std"},
+}
+
+
+def _check_args(op: str, name: str, a: dict[str, Any]) -> None:
+    for key, kind in _ARG_KINDS.get(name, {}).items():
+        valid, need = _ARG_RULES[kind]
+        if key in a and not valid(a[key]):
+            raise ValueError(f"{op}: {key}={a[key]!r} {need}")
 
 
 def _spec_signature(fn: Callable[..., Any]) -> inspect.Signature:
@@ -328,8 +325,8 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
     mean, std = get_stats(mean, std)
     fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool]] = []
     for k, item in enumerate(items):
-        name, args, kwargs = parse_op(item)
-        name = ALIASES.get(name, name)
+        op, args, kwargs = parse_op(item)
+        name = ALIASES.get(op, op)
         if name not in OPS:
             valid = ", ".join(sorted([*OPS, *ALIASES]))
             raise ValueError(f"unknown transform {name!r} in {item!r}; valid: {valid}")
@@ -354,17 +351,22 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
         except TypeError as e:
             params = ", ".join(sig.parameters)
             raise ValueError(f"transform {item!r}: {e}; parameters are ({params})") from None
-        fns.append((fn, a, "rng" in inspect.signature(fn).parameters))
-    if not any(fn is normalize for fn, _, _ in fns):
-        fns.append((normalize, {"mean": mean, "std": std}, False))
-    random_ops = [fn.__name__ for fn, _, needs_rng in fns if needs_rng]
+        _check_args(op, name, a)
+        fns.append((fn, a, "rng" in inspect.signature(fn).parameters, op))
+    if not any(fn is normalize for fn, _, _, _ in fns):
+        _check_args("normalize", "normalize", {"std": std})
+        fns.append((normalize, {"mean": mean, "std": std}, False, "normalize"))
+    random_ops = [fn.__name__ for fn, _, needs_rng, _ in fns if needs_rng]
 
     def apply(example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         if rng is None and random_ops:  # eval pipelines call fn(example): they must be fixed
             raise ValueError(f"transforms {random_ops} are random: call fn(example, rng)")
         img = np.asarray(example["image"])
-        for fn, a, needs_rng in fns:
-            img = fn(img, **a, rng=rng) if needs_rng else fn(img, **a)
+        for fn, a, needs_rng, op in fns:
+            try:  # name the op: "crop larger than the image" alone does not say which transform
+                img = fn(img, **a, rng=rng) if needs_rng else fn(img, **a)
+            except ValueError as e:
+                raise ValueError(f"{op}: {e}") from e
         out = dict(example)
         out["image"] = np.ascontiguousarray(img, dtype=np.float32)
         out["label"] = np.int32(example["label"])

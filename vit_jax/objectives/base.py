@@ -77,6 +77,14 @@ def no_head(config: mlc.ConfigDict, method: str) -> None:
         raise ValueError(f"{method}'s backbone has no classification head; remove config.model.num_classes.")
 
 
+def require_classes(info: DataInfo, method: str) -> None:
+    """Raises unless the data has at least two classes (one class trains to accuracy 1.0 on nothing)."""
+    if info.num_classes < 2:
+        raise ValueError(f"{method} needs labelled data with at least 2 classes; this dataset has "
+                         f"{info.num_classes} (an image folder needs one subfolder per class, e.g. "
+                         "root/cat/*.jpg, root/dog/*.jpg).")
+
+
 class Objective:
     """A method: its modules, how to initialise them, and its loss.
 

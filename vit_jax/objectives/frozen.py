@@ -6,7 +6,7 @@ floor); the evaluators in config.evals (e.g. type "knn") read it through `backbo
 from __future__ import annotations
 
 from vit_jax import models
-from vit_jax.objectives.base import Objective, backbone_kwargs, init_module
+from vit_jax.objectives.base import Objective, backbone_kwargs, init_module, require_classes
 
 
 class FrozenBackbone(Objective):
@@ -16,6 +16,7 @@ class FrozenBackbone(Objective):
         super().__init__(config, info)
         if config.total_steps != 0:
             raise ValueError(f"the {config.objective} objective only evaluates: set total_steps=0")
+        require_classes(info, f"the {config.objective} evaluation")
         self.backbone = models.create(config.model_name, **backbone_kwargs(config, info, num_classes=0))
 
     def init(self, rng, batch):

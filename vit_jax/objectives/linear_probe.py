@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import models
-from vit_jax.objectives.base import Objective, backbone_kwargs, init_module
+from vit_jax.objectives.base import Objective, backbone_kwargs, init_module, require_classes
 
 
 class ProbeHead(nn.Module):
@@ -37,8 +37,7 @@ class LinearProbe(Objective):
 
     def __init__(self, config, info):
         super().__init__(config, info)
-        if info.num_classes <= 0:
-            raise ValueError("the linear probe needs a labelled dataset")
+        require_classes(info, "the linear probe")
         freeze = config.optim.freeze
         if not freeze or not re.match(freeze, "backbone/") or re.match(freeze, "head/"):
             raise ValueError(f"optim.freeze={freeze!r}: the linear probe trains its head only; "

@@ -13,6 +13,7 @@ import numpy as np
 from vit_jax import models, viz
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
+from vit_jax.models import layers
 from vit_jax.models.mae import (MAE, check_mask_ratio, mae_qkv_init, patchify,
                                 per_example_masked_loss)
 from vit_jax.models.vit import ViT
@@ -61,6 +62,12 @@ class MAEObjective(Objective):
                          decoder_mlp_ratio=float(m.decoder_mlp_ratio),
                          mask_ratio=float(m.mask_ratio), norm_pix_loss=bool(m.norm_pix_loss))
         # (sizes >= 1, divisibility, visible patches left were checked when MAE was built)
+        num_patches = int(np.prod([s // p for s, p in zip(info.image_shape[:2],
+                                                          layers.pair(self.backbone.patch_size))]))
+        if check_mask_ratio(m.mask_ratio, num_patches) >= num_patches:
+            raise ValueError(f"mae.mask_ratio={m.mask_ratio} masks none of the {num_patches} patches: the "
+                             "loss (taken on masked patches only) and its gradient would be 0 for the "
+                             "whole run. Use e.g. mae.mask_ratio=0.75.")
         self._picture_fn = None
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:

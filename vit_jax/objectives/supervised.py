@@ -7,7 +7,7 @@ import optax
 
 from vit_jax import models
 from vit_jax.data import mixup as mixup_lib
-from vit_jax.objectives.base import Objective, apply_module, backbone_kwargs, init_module
+from vit_jax.objectives.base import Objective, apply_module, backbone_kwargs, init_module, require_classes
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -32,8 +32,7 @@ class Supervised(Objective):
             raise ValueError("supervised.mixup_alpha and supervised.cutmix_alpha must be >= 0 (0 turns them off)")
         if not 0.0 <= s.mix_prob <= 1.0:
             raise ValueError(f"supervised.mix_prob={s.mix_prob} must be in [0, 1]")
-        if info.num_classes <= 0:
-            raise ValueError("the supervised objective needs a labelled dataset with num_classes > 0")
+        require_classes(info, "the supervised objective")
         self.backbone = models.create(config.model_name, **backbone_kwargs(config, info))
         self.num_classes = info.num_classes
 

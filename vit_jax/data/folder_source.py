@@ -1,0 +1,187 @@
+"""Image-folder source: root/CLASS/*.png|jpg|jpeg or root/SPLIT/CLASS/*.png|jpg|jpeg (host side).
+
+Also the two index/split checks every source shares (vit_jax/data/sources.py imports them from
+here, so this module depends on nothing of vit_jax but the errors).
+
+An unreadable file (truncated, corrupt, not an image) raises DataError naming it, or, with
+``skip_bad_images=True``, is replaced by the next readable file (wrapping around): a pure function
+of the index, so the pipeline stays reproducible and resumable; each skipped file is noted once.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vit_jax.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FOLDER_LAYOUT = ("expected root/CLASS_NAME/*.png|jpg|jpeg, or root/SPLIT/CLASS_NAME/*.png|jpg|jpeg "
+                 "(classes sorted alphabetically give the label ids)")
+SKIP_HINT = "remove or replace the file, or set data.skip_bad_images=True to skip unreadable files"
+# What PIL raises on a broken file (plugins use SyntaxError, struct/zlib errors leak through).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                 Image.DecompressionBombError)
+HEADER_SAMPLE = 256  # files whose size image_sizes() reads: bounded, so validation stays fast
+
+
+def check_index(i: int, n: int) -> int:
+    i = int(i)  # accepts numpy integers
+    if i < 0:
+        i += n
+    if not 0 <= i < n:  # IndexError keeps the plain ``for x in src`` protocol working
+        raise IndexError(f"index {i} out of range for a source of length {n}")
+    return i
+
+
+def check_split(name: str, split: str, valid: Sequence[str]) -> None:
+    if split not in valid:
+        raise ValueError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(valid)}")
+
+
+def _subdirs(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_in(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path)
+                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def folder_layout(root: str) -> tuple[list[str], list[str]]:
+    """-> (splits, classes). Split layout when the root's subfolders themselves hold folders.
+
+    In the split layout the classes are the sorted UNION over all splits, so label ids agree across
+    splits even when a split lacks some class.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist; {FOLDER_LAYOUT}")
+    top = _subdirs(root)
+    if not top:
+        raise ValueError(f"image folder {root!r} has no class subfolders; {FOLDER_LAYOUT}")
+    if any(_subdirs(os.path.join(root, d)) for d in top):
+        classes = sorted({c for d in top for c in _subdirs(os.path.join(root, d))})
+        return top, classes
+    return ["all"], top
+
+
+def describe_failure(e: BaseException, fmt: str) -> str:
+    """A short diagnosis of a PIL failure: "truncated JPEG (...)" or "not a readable image: ..."."""
+    if "truncated" in str(e).lower():  # PIL: "image file is truncated", "Truncated File Read"
+        return f"truncated {fmt} ({e})"
+    if isinstance(e, UnidentifiedImageError):  # its message only repeats the path
+        return "not a readable image: PIL cannot identify its format"
+    return f"not a readable image: {type(e).__name__}: {e}"
+
+
+def _format(path: str) -> str:
+    """The format a file's name promises (PIL may fail before it tells the real one)."""
+    return "PNG" if path.lower().endswith(".png") else "JPEG"
+
+
+def _decode(path: str) -> np.ndarray | str:
+    """The file as RGB uint8 (H, W, 3), or what is wrong with it. Decoding is forced here (load())
+    so a truncated file fails now, with its name, not later inside a transform."""
+    fmt = _format(path)
+    try:
+        with Image.open(path) as im:
+            fmt = im.format or fmt
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except DECODE_ERRORS as e:
+        return describe_failure(e, fmt)
+
+
+class ImageFolderSource:
+    """Images decoded lazily with PIL, always converted to RGB: (H, W, 3) uint8.
+
+    RGB always (even for grayscale files) so that one folder never mixes channel counts.
+    ``image_shape`` is None: folder images may differ in size and reading every header is not cheap
+    (``image_sizes`` reads a bounded sample). ``skipped`` counts the unreadable files skipped.
+    """
+
+    def __init__(self, root: str, split: str | None = None, skip_bad_images: bool = False):
+        root = os.path.abspath(os.path.expanduser(root))
+        splits, self.classes = folder_layout(root)
+        if split is None:
+            split = "all" if splits == ["all"] else ""
+        check_split(f"folder:{root}", split, splits)
+        base = root if split == "all" else os.path.join(root, split)
+        self.root, self.split, self.num_classes = root, split, len(self.classes)
+        self.image_shape: tuple[int, int, int] | None = None
+        self.files: list[str] = []
+        labels: list[int] = []
+        for label, cls in enumerate(self.classes):
+            cdir = os.path.join(base, cls)
+            if os.path.isdir(cdir):
+                names = _images_in(cdir)
+                self.files += [os.path.join(cdir, n) for n in names]
+                labels += [label] * len(names)
+        if not self.files:
+            raise ValueError(f"no .png/.jpg/.jpeg images under {base!r}; {FOLDER_LAYOUT}")
+        self.labels = np.asarray(labels, np.int64)
+        self.skip_bad_images = bool(skip_bad_images)
+        self.skipped = 0
+        self._bad: set[int] = set()
+        self._lock = threading.Lock()  # the pipeline reads from a thread pool
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _bad_file(self, j: int, why: str) -> None:
+        """File j is unreadable: DataError naming it, or (skip_bad_images) remember it and note it
+        once, by whichever reader meets it first."""
+        if not self.skip_bad_images:
+            raise DataError(f"image {self.files[j]}: {why}; {SKIP_HINT}")
+        with self._lock:
+            if j in self._bad:
+                return
+            self._bad.add(j)
+            self.skipped += 1
+        print(f"note: skipping unreadable image {self.files[j]}: {why} (data.skip_bad_images=True)",
+              flush=True)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = check_index(i, len(self))
+        for k in range(len(self)):  # i itself, then the next files, wrapping around
+            j = (i + k) % len(self)
+            if j in self._bad:
+                continue
+            image = _decode(self.files[j])
+            if not isinstance(image, str):
+                return {"image": image, "label": int(self.labels[j])}
+            self._bad_file(j, image)
+        raise DataError(f"none of the {len(self)} images under {self.root} can be read "
+                        f"(data.skip_bad_images=True skipped them all); check the folder")
+
+    def image_sizes(self, max_files: int = HEADER_SAMPLE) -> dict[int, tuple[int, int]]:
+        """{index: (height, width)} of up to ``max_files`` files spread evenly over the source,
+        from their headers only (no decoding). An unreadable header: DataError, or skipped."""
+        n = len(self)
+        out: dict[int, tuple[int, int]] = {}
+        for j in sorted({int(x) for x in np.linspace(0, n - 1, min(n, max_files)).round()}):
+            path = self.files[j]
+            if j in self._bad:
+                continue
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except DECODE_ERRORS as e:
+                self._bad_file(j, describe_failure(e, _format(path)))
+                continue
+            out[j] = (h, w)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({self.root!r}, split={self.split!r}, n={len(self)})"
+
+
+def image_folder(root: str, split: str | None = None, skip_bad_images: bool = False
+                 ) -> ImageFolderSource:
+    """root/CLASS/*.png|jpg|jpeg (split None or "all") or root/SPLIT/CLASS/... (split required)."""
+    return ImageFolderSource(root, split, skip_bad_images=skip_bad_images)
