@@ -8,7 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def env(devices: int = 1, **extra: str) -> dict:
     e = dict(os.environ)
-    e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+             JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""))
     e.update(extra)
     return e

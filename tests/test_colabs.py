@@ -82,7 +82,7 @@ def _assert_png(path: str) -> None:
 def _execute(name: str, tmp_path, monkeypatch, **env: str) -> str:
     """Runs the notebook with SMALL settings; returns its OUT folder (tmp_path/out)."""
     out_dir = tmp_path / "out"
-    monkeypatch.delenv("XLA_FLAGS", raising=False)       # the kernel gets one CPU device
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # one CPU device, fast compiles
     # "python3" is then this interpreter's ipykernel, not a user-level kernelspec of another Python
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter_data"))

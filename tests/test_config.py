@@ -29,7 +29,7 @@ BAD = [
     ("data.train_split", "validation", "data:"),
     ("data.train_transform", "flip|sharpen|normalize('none')", "unknown transform 'sharpen'"),
     ("data.train_transform", "resize((12, 12))|normalize('none')", "make their sizes agree"),
-    ("data.eval_transform", "normalize('imagenet')", "data transforms fail"),
+    ("data.eval_transform", "normalize('imagenet')", r"data.eval_transform=.*fails on split 'test' .*does not fit a 1-channel image"),
     ("supervised.label_smoothing", 1.0, "label_smoothing=1.0"),
     ("supervised.mixup_alpha", -0.2, "mixup_alpha"),
     ("ema_decay", 1.0, "ema_decay=1.0"),

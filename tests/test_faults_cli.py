@@ -54,11 +54,14 @@ CLI = {
                      f"(a relative path starts at {subprocess_run.ROOT})"),
     "syntax_error": ("{tmp}/bad.py", [],
                      "config error: {tmp}/bad.py, line 2: syntax error: '(' was never closed"),
-    # get_config(ARG) raises (config_base.backbone_of_run reads the ARG run's config.json)
-    "get_config_raises": ("configs/mnist5k/knn.py:{tmp}/pre", [],
-                          "config error: configs/mnist5k/knn.py:{tmp}/pre: get_config('{tmp}/pre') raised "
-                          "JSONDecodeError: Unterminated string starting at: line 1 column 48 (char 47) "
-                          "(at vit_jax/config_base.py:"),
+    # get_config(ARG) raises
+    "get_config_raises": ("{tmp}/raises.py:oops", [],
+                          "config error: {tmp}/raises.py:oops: get_config('oops') raised "
+                          "ValueError: unknown ARG 'oops' (at {tmp}/raises.py:2"),
+    # config_base.backbone_of_run reads the ARG run's config.json
+    "truncated_arg_workdir": ("configs/mnist5k/knn.py:{tmp}/pre", [],
+                              "config error: {tmp}/pre/config.json: Unterminated string "
+                              f"at line 1 column 48: {JSON_HINT}"),
     # init_from=ARG: train.run reads the run through runs.load_config
     "truncated_init_from": ("configs/mnist5k/finetune.py:{tmp}/pre", [],
                             "config error: init_from={tmp}/pre: {tmp}/pre/config.json: Unterminated string "
@@ -71,6 +74,7 @@ def test_cli_user_mistake_is_one_line(case, tmp_path):
     config, flags, want = (x.replace("{tmp}", str(tmp_path)) if isinstance(x, str) else x
                            for x in CLI[case])
     (tmp_path / "bad.py").write_text("def get_config(arg=''):\n    x = (1,\n    return x\n")
+    (tmp_path / "raises.py").write_text("def get_config(arg=''):\n    raise ValueError(f'unknown ARG {arg!r}')\n")
     _arg_workdir(tmp_path)
     before = snapshot(str(tmp_path))
     out = _cli(config, str(tmp_path / "w"), *flags)

@@ -1,7 +1,23 @@
 """Fault injection on workdirs and checkpoints: every failure is one clear error, and a failing
 run changes nothing on disk (every file hashed before and after); runs that can go on say what
 they did. Most cases fail before any compile; the shared `finished_run` (tests/conftest.py) has
-checkpoints at steps 4, 8 and 12."""
+checkpoints at steps 4, 8 and 12.
+
+Where each fault of issue 13 is tested (numbers as in the issue):
+  1, 12  resume with another model / objective / batch size   here (test_resume_with_*)
+  2      damaged or unreadable checkpoints, digests            here
+  3      init_from on a workdir with checkpoints                here
+  4, 5   metrics without checkpoints, torn or broken lines      here
+  6      MAE masking nothing, a single-class folder             here
+  7      truncated / corrupt images, mixed sizes                tests/test_faults_data.py
+  8      failures after validation create nothing              here (init_from, seed, file, read-only)
+  9      the NaN guard before the first checkpoint              here
+  10     misspelt keys, config files, config.json, load_hf,     tests/test_faults_cli.py,
+         transform arguments                                    tests/test_faults_data.py
+  11     Ctrl-C                                                 here (a child process)
+and what already held: SIGKILL-resume (tests/test_resume_kill.py), a kill during an asynchronous
+save (here), the NaN guard keeping earlier checkpoints (tests/test_train.py), a malicious pickle
+(tests/test_convert_mae_official.py), bad config values (tests/test_config.py)."""
 import json
 import os
 import shutil
@@ -167,6 +183,18 @@ def test_no_restorable_checkpoint_is_an_error_that_changes_nothing(copy):
         _damage(copy, step)
     msg = fails_unchanged(copy, epochs_config(), CorruptCheckpointError, "no checkpoint in .* can be restored")
     assert "step 12:" in msg and "step 4:" in msg and "Nothing was changed" in msg
+
+
+def test_a_save_killed_midway_is_ignored_and_cleaned_up(copy, capsys):
+    # orbax writes a step into a temporary directory and renames it when complete
+    partial = os.path.join(copy, "checkpoints", "16.orbax-checkpoint-tmp-1764587000000000")
+    shutil.copytree(os.path.join(copy, "checkpoints", "12"), partial)
+    os.remove(os.path.join(partial, "commit_success.txt"))
+    cfg = epochs_config()
+    cfg.total_steps, cfg.num_epochs = 0, None
+    train.run(cfg, copy)
+    assert "checkpoints/12" in capsys.readouterr().out
+    assert not os.path.exists(partial)
 
 
 # -- 4, 5: metrics.jsonl without checkpoints, torn and broken lines ---------------------------------

@@ -132,10 +132,11 @@ class Checkpointer:
         stored = {path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(meta)}
         wanted = {path_str(p): tuple(np.shape(x))
                   for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+        order = lambda k: (not k.startswith("params/"), k)  # noqa: E731  (the model's arrays first)
         out = [f"{k}: {stored[k]} in the checkpoint, {wanted[k]} now"
-               for k in sorted(stored.keys() & wanted.keys()) if stored[k] != wanted[k]]
-        out += [f"{k}: only in the checkpoint" for k in sorted(stored.keys() - wanted.keys())]
-        out += [f"{k}: not in the checkpoint" for k in sorted(wanted.keys() - stored.keys())]
+               for k in sorted(stored.keys() & wanted.keys(), key=order) if stored[k] != wanted[k]]
+        out += [f"{k}: only in the checkpoint" for k in sorted(stored.keys() - wanted.keys(), key=order)]
+        out += [f"{k}: not in the checkpoint" for k in sorted(wanted.keys() - stored.keys(), key=order)]
         return out
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:

@@ -138,7 +138,7 @@ def mismatch_error(prior: Prior, config: Any, step: int, differences: list[str])
             if changes else "")
     return WorkdirError(
         f"{prior.path} holds checkpoints (step {step}) of another model or method than this config "
-        f"builds: {'; '.join(differences[:3])}{' ...' if len(differences) > 3 else ''}.{hint} "
+        f"builds: {'; '.join(differences[:3])}{' ...' if len(differences) > 3 else '.'}{hint} "
         f"Nothing was changed. Resume with the config the run was started with, or use a new --workdir "
         f"(--config.init_from={prior.path} starts it from these weights).")
 
