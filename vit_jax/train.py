@@ -109,7 +109,10 @@ class _StopRequest:
         self._old: dict = {}
 
     def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        # Signals reach the main thread only. With several processes each would see its signal at
+        # another step and the others would wait in a collective forever: there the default stays
+        # (stop at once; the run resumes from its last checkpoint).
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
