@@ -150,8 +150,9 @@ class Checkpointer:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for unreadable files
+            first = str(e).splitlines()[0] if str(e) else ""
             raise CorruptCheckpointError(f"cannot read {where}: {type(e).__name__}: "
-                                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                                         f"{first[:120]}{'...' if len(first) > 120 else ''}") from e
         if saved is not None:
             bad = failed_digests(out["state"], saved)
             if bad:

@@ -114,7 +114,8 @@ class _StopRequest:
         # (stop at once; the run resumes from its last checkpoint).
         if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. `cmd &` in a script ignores SIGINT
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
