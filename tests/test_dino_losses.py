@@ -131,3 +131,41 @@ def test_center_update_is_the_batch_mean_ema():
     t = rng.normal(size=(2, 5, 6)).astype(np.float32)
     want = 0.9 * c + 0.1 * t.reshape(-1, 6).mean(0, keepdims=True)
     np.testing.assert_allclose(L.update_center(jnp.asarray(c), jnp.asarray(t), 0.9), want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ diagnostics
+
+def _np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_collapse_diagnostics_closed_forms():
+    rs = np.random.default_rng(0)
+    k, b = 16, 5
+    s = rs.standard_normal((4, b, k)).astype(np.float32)
+    t = rs.standard_normal((2, b, k)).astype(np.float32)
+    c = rs.standard_normal((1, k)).astype(np.float32) * 0.1
+    d = L.collapse_diagnostics(jnp.asarray(s), jnp.asarray(t), jnp.asarray(c), 0.1, 0.04)
+    q, p = _np_softmax((t - c).astype(np.float64) / 0.04), _np_softmax(s.astype(np.float64) / 0.1)
+    h = lambda x: -(x * np.log(x)).sum(-1)  # noqa: E731
+    np.testing.assert_allclose(d["teacher_entropy"], h(q).mean(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(d["teacher_batch_entropy"], h(q.reshape(-1, k).mean(0)), rtol=1e-5)
+    np.testing.assert_allclose(d["student_entropy"], h(p).mean(), rtol=1e-5)
+    np.testing.assert_allclose(d["center_norm"], np.linalg.norm(c), rtol=1e-6)
+    # KL(q || p) = CE(q, p) - H(q): the view loss minus the teacher entropy, pair for pair
+    view = L.esvit_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(c), 0.1, 0.04)[1]["view"]
+    np.testing.assert_allclose(d["kl"], float(view) - h(q).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_collapse_diagnostics_uniform_and_one_prototype():
+    k = 64
+    flat = jnp.zeros((2, 8, k))
+    d = L.collapse_diagnostics(jnp.zeros((3, 8, k)), flat, jnp.zeros((1, k)), 0.1, 0.04)
+    np.testing.assert_allclose([d["teacher_entropy"], d["teacher_batch_entropy"]], [np.log(k)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(d["kl"], 0.0, atol=1e-6)
+    one = flat.at[..., 3].set(10.0)  # every sample picks prototype 3
+    d = L.collapse_diagnostics(jnp.zeros((3, 8, k)), one, jnp.zeros((1, k)), 0.1, 0.04,
+                                    kl=False)
+    assert float(d["teacher_entropy"]) < 1e-3 and float(d["teacher_batch_entropy"]) < 1e-3
+    assert "kl" not in d

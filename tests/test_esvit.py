@@ -142,6 +142,12 @@ def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
     knn = [r["eval/knn/top1_k5"] for r in rows if "eval/knn/top1_k5" in r]
     assert len(knn) == 2 and all(0.0 <= a <= 1.0 for a in knn)
     assert ("train/region_loss" in rows[0]) == region
+    # DINO's collapse checks are logged with every training row: H(q) within [0, ln K]
+    k = cfg.esvit.out_dim
+    for head in ("view", "region") if region else ("view",):
+        assert 0.0 <= rows[0][f"train/{head}/teacher_entropy"] <= np.log(k) + 1e-4
+        assert rows[0][f"train/{head}/center_norm"] >= 0.0
+    assert rows[0]["train/view/kl"] >= -1e-4 and rows[0]["train/backbone_grad_norm"] > 0.0
     assert np.isfinite(out["train/loss"])
     assert os.path.isfile(tmp_path / "esvit_correspondence_000010.png")
     # downstream protocols read the EMA teacher

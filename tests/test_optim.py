@@ -43,6 +43,36 @@ def test_decay_mask_on_a_real_vit():
     assert all(k.endswith("kernel") for k in decayed)
 
 
+def test_dino_decay_rule_decays_all_but_biases_and_1d_tensors():
+    """facebookresearch/dino get_params_groups: no decay iff the name ends with .bias or the tensor
+    is 1-D; so the class token, position embedding, Swin's table and the weight-norm g are decayed."""
+    import jax
+    from vit_jax import models
+    from vit_jax.models.dino_head import DINOHead
+    model = models.create("vit_tiny_patch4_16", num_classes=0, depth=1)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    head = DINOHead(out_dim=32, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False)
+    params = {"backbone": params, "head": jax.eval_shape(head.init, jax.random.PRNGKey(0),
+                                                         jnp.zeros((1, 192)))["params"]}
+    flat = {optim.path_str(p): v for p, v in
+            jax.tree_util.tree_leaves_with_path(optim.decay_mask(params, rule="dino"))}
+    shapes = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    for name, decayed in flat.items():
+        leaf = name.rsplit("/", 1)[-1]
+        torch_1d = len(shapes[name]) == 1 and leaf != "g"  # torch's weight_g is (K, 1)
+        assert decayed == (not (leaf == "bias" or torch_1d)), name
+    assert flat["backbone/cls_token"] and flat["backbone/pos_embed"] and flat["head/last_layer/g"]
+    assert not flat["backbone/blocks_0/norm1/scale"] and not flat["head/mlp_0/bias"]
+    swin = models.create("swin_tiny_patch4_window7_224", num_classes=0, width=8, depths=(1, 1),
+                         num_heads=(1, 2), window_size=2, image_size=16)
+    sp = jax.eval_shape(swin.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    tables = [v for p, v in jax.tree_util.tree_leaves_with_path(optim.decay_mask(sp, rule="dino"))
+              if optim.path_str(p).endswith("relative_position_bias_table")]
+    assert tables and all(tables)
+    with pytest.raises(ValueError, match="weight-decay rule"):
+        optim.decay_mask(params, rule="nope")
+
+
 def test_decay_mask_swin_tables_and_cvt_cls_token():
     import jax
     from vit_jax import models

@@ -114,10 +114,20 @@ SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": const
 CLIP_MODES = ("global", "per_param")
 
 
-def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES) -> Any:
-    """True where a leaf gets weight decay: arrays of 2+ dims whose name is not in `no_decay`."""
+DECAY_RULES = ("timm", "dino")
+
+
+def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES, rule: str = "timm") -> Any:
+    """True where a leaf gets weight decay. "timm": arrays of 2+ dims whose name is not in
+    `no_decay`; "dino": every array but biases and 1-D tensors (DINO/EsViT decay the class token,
+    the position embedding, Swin's relative-position table and the weight-norm g)."""
+    if rule not in DECAY_RULES:
+        raise ValueError(f"weight-decay rule {rule!r}: use one of {DECAY_RULES}")
+
     def one(path, leaf):
         name = path_str(path).rsplit("/", 1)[-1]
+        if rule == "dino":  # (our weight-norm g is (K,); torch's weight_g is (K, 1), so decayed)
+            return name == "g" or (not (name == "bias" or name.endswith("_bias")) and jnp.ndim(leaf) > 1)
         # "stage_2_cls_token" (CvT) is a cls token too
         named = any(name == n or name.endswith("_" + n) for n in no_decay)
         return not named and jnp.ndim(leaf) >= 2
@@ -207,7 +217,8 @@ def make_weight_decay(cfg, total_steps: int) -> float | Callable[[jax.Array], ja
 
 
 def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | None = None,
-                   warmup_steps: int | None = None) -> tuple[optax.GradientTransformation, Callable]:
+                   warmup_steps: int | None = None, decay_rule: str = "timm"
+                   ) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW, SGD or LARS with the schedule, a decay mask (constant or cosine weight decay),
     global-norm or per-parameter clipping and optional per-leaf lr factors (applied to the whole
     update, weight decay included, as MAE's param groups do). Returns the transformation and the
@@ -216,7 +227,7 @@ def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | Non
     o = cfg.optim
     schedule = make_schedule(cfg, total_steps, warmup_steps)
     wd = make_weight_decay(cfg, total_steps)
-    mask = decay_mask(params)
+    mask = decay_mask(params, rule=decay_rule)  # the objective's weight_decay_rule
     # Every weight-decay schedule below counts its own updates from 0, in step with the lr
     # schedule's counter, so wd(t) and lr(t) refer to the same step t.
     if o.name == "adamw":  # decoupled: p -= lr(t) * wd(t) * p, as torch AdamW (DINO) does

@@ -32,6 +32,7 @@ from vit_jax.errors import Interrupted, NonFiniteError, WorkdirError
 from vit_jax.evaluate import evaluators as evaluators_lib
 from vit_jax.evaluate.context import EvalContext
 from vit_jax.objectives import Objective
+from vit_jax.trees import subtree
 
 
 def _is_main() -> bool:
@@ -87,6 +88,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
             new["ema"] = optim.ema_update(state["ema"], new_params, ema_decay)
         grad_norm = optax.tree.norm(grads)
         metrics = {f"train/{k}": v for k, v in metrics.items()}
+        if objective.backbone_key:  # a method with heads of its own: is the backbone still learning?
+            metrics["train/backbone_grad_norm"] = optax.tree.norm(subtree(grads, objective.backbone_key))
         metrics.update({"train/grad_norm": grad_norm, "train/param_norm": optax.tree.norm(new_params),
                         "train/lr": schedule(step)})
         finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)
@@ -163,7 +166,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     rng = jax.random.PRNGKey(config.seed)
     abstract_vars = jax.eval_shape(objective.init, rng, example)
     tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1), plan.lr_factors,
-                                        plan.steps["warmup"])
+                                        plan.steps["warmup"], objective.weight_decay_rule)
     ema = config.ema_decay > 0
     abstract = jax.eval_shape(lambda p, e, r: state_lib.create(p, e, tx, r, ema), *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)

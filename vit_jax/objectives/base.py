@@ -97,6 +97,9 @@ class Objective:
         frozen_extra: entries of `extra` given on the host (a frozen teacher's weights): a fresh
             run puts them in place of the same-shaped placeholders `init` returns, so large
             constants never enter a compiled program; a resumed run restores them.
+        weight_decay_rule: which parameters get weight decay (optim.DECAY_RULES): "timm" (not biases,
+            norms, position embeddings and class tokens: supervised, MAE, EVA) or "dino" (all but
+            biases and 1-D tensors, as facebookresearch/dino's get_params_groups).
 
     `__init__(config, info)` builds the modules and raises ValueError for a bad method config,
     before anything is compiled.
@@ -105,6 +108,7 @@ class Objective:
     backbone_key: ClassVar[tuple[str, ...]] = ()
     backbone: nn.Module
     frozen_extra: dict[str, Any] = {}
+    weight_decay_rule: ClassVar[str] = "timm"
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         self.config, self.info = config, info

@@ -112,3 +112,37 @@ def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: f
             pairs += 1
     return total / pairs, {"view": views / pairs, "region": grids / pairs if regions else jnp.zeros(())}
 
+
+# ------------------------------------------------------------------------------ diagnostics
+
+def _entropy(p: Array) -> Array:
+    """-sum_k p_k log p_k over the last axis (0 log 0 = 0)."""
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def collapse_diagnostics(student_logits: Array, teacher_logits: Array, center: Array, tau_s: float,
+                         tau_t: Array, kl: bool = True) -> dict[str, Array]:
+    """DINO's collapse checks for one head, from the loss's own inputs.
+
+    student_logits (V, B, K) or (V, B, T, K), teacher_logits (2, B, ...K), center (1, K).
+    teacher_entropy: mean over samples of H(q), q = softmax((t - c) / tau_t): ln K for a uniform
+      teacher (the centring won), -> 0 for a sharp one;
+    teacher_batch_entropy: H of the batch-mean q: -> 0 when every sample picks one prototype (collapse);
+    student_entropy: mean H(p), p = softmax(s / tau_s);
+    kl: mean over the loss's (teacher crop, other student crop) pairs of KL(q || p) = CE(q, p) - H(q),
+      position by position (so not for region tokens, which the loss matches by similarity: kl=False);
+    center_norm: ||c||.
+    """
+    q = jax.nn.softmax((teacher_logits - center) / jnp.asarray(tau_t, jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(student_logits / tau_s, axis=-1)
+    k = q.shape[-1]
+    out = {"teacher_entropy": jnp.mean(_entropy(q)),
+           "teacher_batch_entropy": _entropy(jnp.mean(q.reshape(-1, k), axis=0)),
+           "student_entropy": jnp.mean(_entropy(jnp.exp(log_p))),
+           "center_norm": jnp.linalg.norm(center)}
+    if kl:
+        kls = [jnp.mean(jnp.sum(q[iq] * (jnp.log(jnp.maximum(q[iq], 1e-30)) - log_p[v]), axis=-1))
+               for iq in range(q.shape[0]) for v in range(log_p.shape[0]) if v != iq]
+        out["kl"] = sum(kls) / len(kls)
+    return out
+

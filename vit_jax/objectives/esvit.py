@@ -60,6 +60,7 @@ class EsViT(Objective):
         flip=True, pixel_stats="imagenet",
     )
     backbone_key = ("backbone",)
+    weight_decay_rule = "dino"  # all but biases and 1-D tensors (dino's get_params_groups)
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
@@ -203,8 +204,14 @@ class EsViT(Objective):
             new_extra["center_grid"] = losses.update_center(extra["center_grid"], t_region_2,
                                                             float(e.center_momentum))
         metrics = {"loss": loss, "view_loss": parts["view"], "teacher_temp": tau_t}
+        student_views = jax.lax.stop_gradient(views[0][:2])  # the global crops' (same resolution)
+        metrics.update({f"view/{k}": v for k, v in losses.collapse_diagnostics(
+            student_views, t_view, extra["center"], float(e.student_temp), tau_t).items()})
         if regions:
             metrics["region_loss"] = parts["region"]
+            metrics.update({f"region/{k}": v for k, v in losses.collapse_diagnostics(
+                jax.lax.stop_gradient(jnp.stack(region_list[:2])), t_region_2, extra["center_grid"],
+                float(e.student_temp), tau_t, kl=False).items()})
         return loss, (metrics, new_extra)
 
     def after_update(self, params: Params, extra: Extra, step: jax.Array) -> Extra:
