@@ -17,7 +17,7 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
          ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
-         ("mnist5k/eva_pretrain.py", ""), ("imagenet/eva_pretrain.py", ""),
+         ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
          ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"), ("imagenet/esvit.py", "tiny")]
 
 
@@ -26,6 +26,11 @@ def load(path, arg):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def test_mnist5k_eva_teacher_knows_digits_by_default():
+    assert load("mnist5k/eva_pretrain.py", "").eva.teacher == "workdir:workdirs/quickstart"
+    assert load("mnist5k/eva_pretrain.py", "runs/sup").eva.teacher == "workdir:runs/sup"
 
 
 def test_every_config_file_is_covered():

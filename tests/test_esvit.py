@@ -1,20 +1,22 @@
-"""EsViT / DINO objective: loss at init, sharded centers, EMA teacher, frozen last layer, the loop,
+"""EsViT / DINO objective: loss at init, sharded centers, EMA teacher, held last layer, the loop,
 k-NN of the teacher, the correspondence picture, and the backbones that feed the region loss."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 import pytest
 
 from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, objectives, sharding, train
+from vit_jax import checkpoint, objectives, optim, sharding, train
 from vit_jax.data.pipeline import TrainPipeline
 from vit_jax.runs import load_run
 from vit_jax.validate import ConfigError, validate
@@ -97,17 +99,28 @@ def test_full_size_dino_head_starts_near_log_65536():
     assert low < float(loss) < high and abs(float(loss) - math.log(65536)) < 1.0, float(loss)
 
 
-def test_gradients_last_layer_frozen_first_epoch_and_teacher_is_ema():
+def test_last_layers_held_by_the_optimizer_first_epoch_and_teacher_is_ema():
     cfg = esvit_config(freeze_last_layer_epochs=1)
     plan, obj, b, params, extra = fresh(cfg)
+    pattern, steps = obj.held
+    held = {optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)
+            if re.match(pattern, optim.path_str(p))}
+    assert held == {"head/last_layer/v", "region_head/last_layer/v"}
+    assert steps == math.ceil(len(plan.train_source) / cfg.batch_size)
+    # the gradient reaches them (and through them the rest): the optimizer holds them still
     grad = jax.jit(jax.grad(lambda p, s: obj.loss(p, extra, b, jax.random.key(1), s)[0]))
     g0 = grad(params, jnp.int32(0))
-    steps_per_epoch = math.ceil(len(plan.train_source) / cfg.batch_size)
-    g1 = grad(params, jnp.int32(steps_per_epoch + 1))
     for head in ("head", "region_head"):
-        assert not np.asarray(g0[head]["last_layer"]["v"]).any()
-        assert np.asarray(g1[head]["last_layer"]["v"]).any()
-        assert np.asarray(g0[head]["mlp_0"]["kernel"]).any()
+        assert np.asarray(g0[head]["last_layer"]["v"]).any() and np.asarray(g0[head]["mlp_0"]["kernel"]).any()
+    tx, _ = optim.make_optimizer(cfg, params, 4 * steps, decay_rule=obj.weight_decay_rule,
+                                 held=obj.held)
+    state, p = tx.init(params), params
+    for step in range(steps + 1):
+        u, state = jax.jit(tx.update)(g0, state, p)
+        p = optax.apply_updates(p, u)
+        moved = not np.array_equal(p["head"]["last_layer"]["v"], params["head"]["last_layer"]["v"])
+        assert moved == (step >= steps), step
+    assert not np.array_equal(p["head"]["mlp_0"]["kernel"], params["head"]["mlp_0"]["kernel"])
     # the teacher gets no gradient from the loss
     g_extra = jax.grad(lambda e: obj.loss(params, e, b, jax.random.key(1), jnp.int32(50))[0])(extra)
     assert not any(np.asarray(x).any() for x in jax.tree.leaves(g_extra["ema_teacher"]["params"]))
@@ -135,12 +148,20 @@ def test_sharded_step_equals_single_device_centers_and_losses():
 
 @pytest.mark.parametrize("region", [False, True])
 def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
-    cfg = esvit_config(region=region)
+    # DINO alone runs with DINOv2's remedies, DINO's epochs and the student's k-NN as well
+    remedies = {} if region else dict(sinkhorn_iters=3, koleo_weight=0.1)
+    cfg = esvit_config(region=region, **remedies)
     cfg.total_steps, cfg.eval_every, cfg.checkpoint_every = 10, 5, 10
+    if not region:
+        cfg.data.drop_remainder = True
+        cfg.evals.knn_student = dict(type="knn", ks=(5,), network="student")
     out = train.run(cfg, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     knn = [r["eval/knn/top1_k5"] for r in rows if "eval/knn/top1_k5" in r]
     assert len(knn) == 2 and all(0.0 <= a <= 1.0 for a in knn)
+    student_knn = [r["eval/knn_student/top1_k5"] for r in rows if "eval/knn_student/top1_k5" in r]
+    assert len(student_knn) == (0 if region else 2)
+    assert ("train/koleo" in rows[0]) == (not region)
     assert ("train/region_loss" in rows[0]) == region
     # DINO's collapse checks are logged with every training row: H(q) within [0, ln K]
     k = cfg.esvit.out_dim
@@ -177,6 +198,13 @@ def test_other_backbones_give_region_tokens(model_name, overrides):
 
 
 def test_bad_esvit_configs():
+    cfg = get_config()   # supervised: no student_variables, so no student k-NN
+    cfg.evals.knn = dict(type="knn", network="student")
+    with pytest.raises(ConfigError, match="student_variables"):
+        validate(cfg)
+    cfg = esvit_config(sinkhorn_iters=-1)
+    with pytest.raises(ConfigError, match="sinkhorn_iters"):
+        validate(cfg)
     cfg = esvit_config()
     cfg.data.train_transform = "normalize('mnist')"
     with pytest.raises(ConfigError, match="normalize\\('none'\\)"):

@@ -62,7 +62,8 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
 
     params_shape = jax.eval_shape(objective.init, rng, example)[0]
     tx, schedule = optim.make_optimizer(cfg, params_shape, cfg.total_steps,
-                                        decay_rule=objective.weight_decay_rule)
+                                        decay_rule=objective.weight_decay_rule,
+                                        held=objective.held)
     abstract = jax.eval_shape(lambda r: state_lib.init_state(objective, tx, r, example), rng)
     shardings = sharding.tree_shardings(abstract, mesh_)
     state = jax.jit(lambda r: state_lib.init_state(objective, tx, r, example), out_shardings=shardings)(rng)

@@ -40,6 +40,9 @@ def base_config() -> mlc.ConfigDict:
             eval_transform="normalize('mnist')",
             workers=4,                    # host threads for transforms
             prefetch=2,                   # batches in flight
+            # True: floor(N / B) steps per epoch, each epoch a fresh permutation and its last
+            # partial batch dropped (DINO's loader); durations in epochs count such epochs
+            drop_remainder=False,
     ))
     c.batch_size = 128                # global batch (all processes, all devices)
     c.eval_batch_size = 256

@@ -11,7 +11,9 @@ A duration NAME has up to three keys in its config section, one per unit:
 A key that is None (or -1 for total_steps, its old "unset" value) is not given. When several
 units are given, steps win over examples over epochs and a note says which was used, so a
 `--config.eval_every=10` on the command line overrides a config file's `eval_every_epochs`.
-An epoch is num_train / batch_size steps; a count converts with Python's round().
+An epoch is num_train / batch_size steps, or floor(num_train / batch_size) with
+data.drop_remainder (DINO's loader drops the last partial batch of each epoch; the pipeline then
+starts every epoch on a fresh permutation); a count converts with Python's round().
 """
 from __future__ import annotations
 
@@ -55,9 +57,22 @@ def _given(section: Any, key: str) -> Any:
     return value
 
 
+def drop_remainder(config: Any) -> bool:
+    """config.data.drop_remainder (False when absent)."""
+    data = config.get("data") if hasattr(config, "get") else None
+    return bool(data.get("drop_remainder", False)) if data is not None else False
+
+
+def steps_per_epoch(num_train: int, batch_size: int, drop: bool = False) -> float:
+    """num_train / batch_size, or floor of it (at least 1) when the last partial batch is dropped."""
+    if drop:
+        return float(max(num_train // batch_size, 1))
+    return num_train / batch_size
+
+
 def resolve(section: Any, name: str, num_train: int, batch_size: int,
-            default: int | None = None, where: str = "", note: Callable[[str], None] = print
-            ) -> int | None:
+            default: int | None = None, where: str = "", note: Callable[[str], None] = print,
+            drop: bool = False) -> int | None:
     """Steps of duration `name` in `section` (a ConfigDict or dict); `default` when no unit is
     given. Raises ValueError for a negative or non-numeric value, naming the key."""
     k = DURATIONS[name]
@@ -78,8 +93,9 @@ def resolve(section: Any, name: str, num_train: int, batch_size: int,
         raise ValueError(f"{prefix}{key}={value} must be >= 0")
     if key == k.steps:
         return int(value)
-    per_step = batch_size if key == k.examples else batch_size / num_train
-    return int(round(value / per_step))
+    if key == k.examples:
+        return int(round(value / batch_size))
+    return int(round(value * steps_per_epoch(num_train, batch_size, drop)))
 
 
 def total_steps(config: Any, num_train: int) -> int:
@@ -88,17 +104,19 @@ def total_steps(config: Any, num_train: int) -> int:
     k = DURATIONS["total"]
     if _given(config, k.steps) is not None:
         return int(config[k.steps])
-    steps = resolve(config, "total", num_train, config.batch_size)
+    drop = drop_remainder(config)
+    steps = resolve(config, "total", num_train, config.batch_size, drop=drop)
     if steps is None:
-        steps = int(round(DEFAULT_EPOCHS * num_train / config.batch_size))
+        steps = int(round(DEFAULT_EPOCHS * steps_per_epoch(num_train, config.batch_size, drop)))
     return max(1, steps)
 
 
 def all_steps(config: Any, num_train: int, note: Callable[[str], None] = print) -> dict[str, int]:
     """Every run-level duration of `config` in steps: total, warmup, eval_every, checkpoint_every."""
-    b = config.batch_size
+    b, drop = config.batch_size, drop_remainder(config)
     out = {"total": total_steps(config, num_train)}
-    out["warmup"] = resolve(config.optim, "warmup", num_train, b, DEFAULT_STEPS["warmup"], "optim", note)
+    out["warmup"] = resolve(config.optim, "warmup", num_train, b, DEFAULT_STEPS["warmup"], "optim", note,
+                            drop)
     for name in ("eval_every", "checkpoint_every"):
-        out[name] = resolve(config, name, num_train, b, DEFAULT_STEPS[name], note=note)
+        out[name] = resolve(config, name, num_train, b, DEFAULT_STEPS[name], note=note, drop=drop)
     return out

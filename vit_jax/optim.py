@@ -5,8 +5,9 @@ training loop only sees one `optax.GradientTransformation`.
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -216,33 +217,81 @@ def make_weight_decay(cfg, total_steps: int) -> float | Callable[[jax.Array], ja
     return cosine_decay_value(o.weight_decay, o.weight_decay_end, total_steps)
 
 
+class HoldState(NamedTuple):
+    count: jax.Array   # steps seen, held or not
+    inner: Any
+
+
+def hold_until(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """`inner`, but for its first `steps` calls the updates are 0 and its state does not change.
+
+    torch's optimizers skip a parameter whose .grad is None (DINO's frozen last layer): no weight
+    decay, no moment update, and its own step count, hence Adam's bias correction, starts when the
+    parameter first gets a gradient. Wrapped around a per-group optimizer, this does the same.
+    """
+    def init(params):
+        return HoldState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        active = state.count >= steps
+        new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+        return new_updates, HoldState(optax.safe_int32_increment(state.count), new_inner)
+    return optax.GradientTransformation(init, update)
+
+
+def _shifted(value: float | Callable[[jax.Array], jax.Array], steps: int):
+    """A schedule read `steps` later (a held group's own count starts at 0 when it starts)."""
+    return (lambda count: value(count + steps)) if callable(value) else value
+
+
+def _base_optimizer(o, schedule, wd, decay_rule: str) -> optax.GradientTransformation:
+    """AdamW, SGD or LARS of config.optim `o` with its decay mask, for any (sub)tree of params."""
+    mask = functools.partial(decay_mask, rule=decay_rule)  # the objective's weight_decay_rule
+    # Every weight-decay schedule below counts its own updates from 0, in step with the lr
+    # schedule's counter, so wd(t) and lr(t) refer to the same step t.
+    if o.name == "adamw":  # decoupled: p -= lr(t) * wd(t) * p, as torch AdamW (DINO) does
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
+    if o.name == "sgd":
+        return optax.chain(optax.add_decayed_weights(wd, mask=mask),
+                           optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
+    if o.name == "lars":  # MAE's linear probe: trust ratio on kernels only, momentum b1
+        # optax.lars feeds weight_decay to add_decayed_weights, which accepts a schedule.
+        return optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask,
+                          trust_coefficient=o.trust_coefficient,
+                          trust_ratio_mask=lambda p: jax.tree.map(lambda x: len(x.shape) > 1, p),
+                          momentum=o.b1)
+    raise ValueError(f"optim.name={o.name!r}: use one of {OPTIMIZERS}")  # validated earlier
+
+
 def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | None = None,
-                   warmup_steps: int | None = None, decay_rule: str = "timm"
+                   warmup_steps: int | None = None, decay_rule: str = "timm",
+                   held: tuple[str, int] | None = None
                    ) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW, SGD or LARS with the schedule, a decay mask (constant or cosine weight decay),
     global-norm or per-parameter clipping and optional per-leaf lr factors (applied to the whole
     update, weight decay included, as MAE's param groups do). Returns the transformation and the
     schedule (to log the lr).
+
+    held: (PATTERN, S), the objective's `held` declaration: the leaves whose path
+    ("head/last_layer/v") matches the regex PATTERN from its start form their own optimizer group,
+    skipped entirely for the first S steps (`hold_until`); the global lr and weight-decay
+    schedules continue where they are at step S.
     """
     o = cfg.optim
     schedule = make_schedule(cfg, total_steps, warmup_steps)
     wd = make_weight_decay(cfg, total_steps)
-    mask = decay_mask(params, rule=decay_rule)  # the objective's weight_decay_rule
-    # Every weight-decay schedule below counts its own updates from 0, in step with the lr
-    # schedule's counter, so wd(t) and lr(t) refer to the same step t.
-    if o.name == "adamw":  # decoupled: p -= lr(t) * wd(t) * p, as torch AdamW (DINO) does
-        opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
-    elif o.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(wd, mask=mask),
-                          optax.sgd(schedule, momentum=o.b1 or None, nesterov=False))
-    elif o.name == "lars":  # MAE's linear probe: trust ratio on kernels only, momentum b1
-        # optax.lars feeds weight_decay to add_decayed_weights, which accepts a schedule.
-        kernels = jax.tree.map(lambda x: len(x.shape) > 1, params)
-        opt = optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask,
-                         trust_coefficient=o.trust_coefficient, trust_ratio_mask=kernels,
-                         momentum=o.b1)
-    else:  # validated earlier; kept for library callers
-        raise ValueError(f"optim.name={o.name!r}: use one of {OPTIMIZERS}")
+    opt = _base_optimizer(o, schedule, wd, decay_rule)
+    if held is not None and int(held[1]) > 0:
+        pattern, steps = re.compile(held[0]), int(held[1])
+        labels = jax.tree_util.tree_map_with_path(
+            lambda p, _: "held" if pattern.match(path_str(p)) else "rest", params)
+        if "held" not in jax.tree.leaves(labels):
+            raise ValueError(f"held={held[0]!r} matches no parameter")
+        later = hold_until(_base_optimizer(o, _shifted(schedule, steps), _shifted(wd, steps), decay_rule),
+                           steps)
+        opt = optax.multi_transform({"rest": opt, "held": later}, labels)
     if lr_multipliers is not None:
         opt = optax.chain(opt, scale_by_tree(lr_multipliers))
     if o.clip_norm and o.clip_norm > 0:

@@ -166,7 +166,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     rng = jax.random.PRNGKey(config.seed)
     abstract_vars = jax.eval_shape(objective.init, rng, example)
     tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1), plan.lr_factors,
-                                        plan.steps["warmup"], objective.weight_decay_rule)
+                                        plan.steps["warmup"], objective.weight_decay_rule,
+                                        objective.held)
     ema = config.ema_decay > 0
     abstract = jax.eval_shape(lambda p, e, r: state_lib.create(p, e, tx, r, ema), *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)
@@ -207,7 +208,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         _log(f"resumed from {ckpt.directory}/{start}")
     pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
                                       config.seed, jax.process_index(), jax.process_count(),
-                                      config.data.workers, config.data.prefetch)
+                                      config.data.workers, config.data.prefetch,
+                                      drop_remainder=bool(config.data.drop_remainder))
     pipe.set_state(data_state)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "

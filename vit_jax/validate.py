@@ -183,6 +183,9 @@ def validate(c) -> Plan:
         _fail(f"data.train_transform must end with float32 (H, W, C) images (add normalize), got "
                     f"{example['image'].dtype} {example['image'].shape}")
 
+    if c.data.get("drop_remainder") and c.batch_size > len(train_src):
+        _fail(f"data.drop_remainder with batch_size={c.batch_size} > {len(train_src)} training "
+              f"examples would drop every example: lower batch_size or set data.drop_remainder=False")
     try:
         steps = durations.all_steps(c, len(train_src), note=_note)
     except ValueError as e:

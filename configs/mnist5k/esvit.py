@@ -27,7 +27,8 @@ BACKBONES = {
     "swin": ("swin_tiny_patch4_window7_224", dict(patch_size=2, width=48, depths=(2, 2),
                                                   num_heads=(3, 6), window_size=7, image_size=28,
                                                   drop_path_rate=0.1)),
-    "vit": ("vit_tiny_patch4_28", dict(MNIST5K_MODEL, drop_path_rate=0.1)),
+    # local crops resize the position embedding as DINO does (bicubic, +0.1 scale-factor offset)
+    "vit": ("vit_tiny_patch4_28", dict(MNIST5K_MODEL, drop_path_rate=0.1, posemb_interp="bicubic_dino")),
 }
 
 
@@ -40,6 +41,7 @@ def get_config(arg: str = "vr,vit"):
     c.model_name, model = BACKBONES[backbone]
     c.model = mlc.ConfigDict(model)
     c.data.train_transform = "normalize('none')"   # the crops are made and normalised by the objective
+    c.data.drop_remainder = True    # DINO's loader: 31 steps per epoch of 4,000 at batch 128
     c.esvit = objectives.default_config("esvit")
     c.esvit.update(dict(region=loss == "vr", out_dim=1024, hidden_dim=512, bottleneck_dim=128,
                         global_size=28, local_size=12, num_local=6, global_scale=(0.4, 1.0),
@@ -60,5 +62,6 @@ def get_config(arg: str = "vr,vit"):
     c.checkpoint_every_epochs = 10
     # the EMA teacher's backbone: k-NN and the correspondence picture (esvit_correspondence_<step>.png)
     c.evals = mlc.ConfigDict(dict(knn=dict(type="knn", ks=(10, 20)),
+                                  knn_student=dict(type="knn", ks=(10, 20), network="student"),
                                   esvit_correspondence=dict(type="correspondences")))
     return c

@@ -1,6 +1,13 @@
-"""EVA pre-training on mnist5k (4,000 train digits) with a real pretrained teacher, offline.
+"""EVA pre-training on mnist5k (4,000 train digits) with a frozen teacher, offline.
 
-    python -m vit_jax.main --config configs/mnist5k/eva_pretrain.py --workdir workdirs/mnist5k_eva
+    python -m vit_jax.main --config configs/quickstart.py --workdir workdirs/quickstart   # the teacher
+    python -m vit_jax.main --config configs/mnist5k/eva_pretrain.py --workdir workdirs/mnist5k_eva_digits
+    python -m vit_jax.main --config configs/mnist5k/eva_pretrain.py:dinov2 --workdir workdirs/mnist5k_eva
+
+ARG: a vit_jax workdir whose ViT knows digits (default workdirs/quickstart: the supervised
+quickstart ViT, 7x7 patches, 97% on the test digits; shown each crop at 49 px so that its 7x7 grid
+of patches meets the student's) or "dinov2": the pretrained DINOv2 ViT-S/14 described below, the
+out-of-domain teacher.
 
 Student: the shared small-data ViT (4x4 patches, 7x7 grid, width 128, depth 6), the same network
 and the same 20-epoch budget, crops and optimizer as configs/mnist5k/mae_pretrain.py. Teacher:
@@ -16,11 +23,11 @@ from vit_jax import objectives
 
 
 def get_config(arg: str = ""):
-    del arg
+    teacher = "dinov2_vits14" if arg == "dinov2" else "workdir:" + (arg or "workdirs/quickstart")
     c = mnist5k_config()
     c.objective = "eva"
     c.eva = objectives.default_config("eva")
-    c.eva.update(dict(teacher="dinov2_vits14", teacher_dtype="float32", mask="block",
+    c.eva.update(dict(teacher=teacher, teacher_dtype="float32", mask="block",
                       mask_ratio=0.4, min_block=4, init_std=0.02))
     c.data.train_transform = "rrc(28, scale=(0.5, 1.0))|normalize('mnist')"
     c.num_epochs = 20

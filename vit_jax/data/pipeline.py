@@ -1,7 +1,9 @@
 """The input pipeline: deterministic, sharded by process, resumable from one integer.
 
 Example at global stream position g (step n, row r of the global batch: g = n*B + r)
-is `source[perm_e[g % N]]` with `perm_e` a permutation seeded by (seed, epoch e = g // N),
+is `source[perm_e[g % N]]` with `perm_e` a permutation seeded by (seed, epoch e = g // N)
+(with drop_remainder: e = n // S, S = floor(N / B) steps per epoch, and the index
+`perm_e[(n % S) * B + r]`, so each epoch's last N - S*B examples are skipped, as DINO's loader does),
 transformed with a numpy Generator seeded by (seed, g). So a batch depends only on the
 seed and its step: resuming needs nothing but the next step (`state()`), and P processes
 each computing rows [p*b, (p+1)*b) of the global batch together produce exactly the
@@ -103,17 +105,24 @@ class TrainPipeline:
         global_batch: rows per step over all processes.
         seed: one integer fixes the order and every random transform.
         process_index, process_count: which rows this process produces.
+        drop_remainder: floor(N / B) steps per epoch, each on its own permutation (DINO's loader).
     """
 
     def __init__(self, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
                               process_index: int = 0, process_count: int = 1, workers: int = 4,
-                              prefetch: int = 2, start_step: int = 0):
+                              prefetch: int = 2, start_step: int = 0, drop_remainder: bool = False):
         if global_batch % process_count:
             raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
         if len(source) == 0:
             raise ValueError("the training source is empty")
+        if drop_remainder and global_batch > len(source):
+            raise ValueError(f"data.drop_remainder with batch size {global_batch} > {len(source)} "
+                             f"training examples would drop every example: lower batch_size or set "
+                             f"data.drop_remainder=False")
         self.source, self.transform = source, transform
         self.global_batch, self.seed = global_batch, seed
+        self.drop_remainder = drop_remainder
+        self.steps_per_epoch = len(source) // global_batch if drop_remainder else len(source) / global_batch
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
         self.prefetch = max(prefetch, 1)
@@ -134,11 +143,15 @@ class TrainPipeline:
 
     def epoch(self, step: int | None = None) -> float:
         step = self._next if step is None else step
-        return step * self.global_batch / len(self.source)
+        return step / self.steps_per_epoch
 
     # -- production ------------------------------------------------------------------
     def _index(self, g: int) -> int:
         n = len(self.source)
+        if self.drop_remainder:
+            step, row = divmod(g, self.global_batch)
+            epoch, within = divmod(step, self.steps_per_epoch)
+            return int(_permutation(self.seed, epoch, n)[within * self.global_batch + row])
         return int(_permutation(self.seed, g // n, n)[g % n])
 
     def _example(self, g: int) -> dict:

@@ -28,12 +28,13 @@ class EvalType:
     defaults: dict
     check: Callable[[str, Any], None]
     make: Callable[[str, Any, EvalContext], Run]
-    needs: str | None = None     # an objective method the type calls
+    # an objective method the type calls, or a function of the checked spec naming it (or None)
+    needs: str | Callable[[Any], str | None] | None = None
 
 
 TYPES: dict[str, EvalType] = {
     "metrics": EvalType(metrics.DEFAULTS, metrics.check, metrics.make),
-    "knn": EvalType(knn.DEFAULTS, knn.check, knn.make),
+    "knn": EvalType(knn.DEFAULTS, knn.check, knn.make, knn.needs),
     "reconstruction": EvalType(pictures.RECONSTRUCTION, pictures.check, pictures.make_reconstruction,
                                pictures.NEEDS["reconstruction"]),
     "correspondences": EvalType(pictures.CORRESPONDENCES, pictures.check, pictures.make_correspondences,
@@ -67,10 +68,11 @@ def _spec(name: str, raw: Any, objective: Any) -> tuple[EvalType, mlc.ConfigDict
     for k in spec.keys():
         if k in raw and raw[k] is not None:
             spec[k] = raw[k]
-    if t.needs and not callable(getattr(objective, t.needs, None)):
-        raise ValueError(f"evals.{name} ({kind}) draws with objective.{t.needs}, which the "
-                         f"{type(objective).__name__} objective does not have; remove evals.{name}")
     t.check(name, spec)
+    needs = t.needs(spec) if callable(t.needs) else t.needs
+    if needs and not callable(getattr(objective, needs, None)):
+        raise ValueError(f"evals.{name} ({kind}) reads objective.{needs}, which the "
+                         f"{type(objective).__name__} objective does not have; remove evals.{name}")
     return t, spec
 
 
@@ -82,7 +84,7 @@ def plan(config: Any, objective: Any, num_train: int, eval_every: int,
     for name, raw in sorted((config.get("evals") or {}).items()):
         kind, spec = _spec(name, raw, objective)
         every = durations.resolve(raw, "every", num_train, config.batch_size, eval_every,
-                                  f"evals.{name}", note)
+                                  f"evals.{name}", note, durations.drop_remainder(config))
         out.append(Evaluator(name, kind, spec, every))
     return out
 

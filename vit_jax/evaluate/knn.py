@@ -3,9 +3,11 @@
 Features are L2-normalised; each query takes its k most cosine-similar memory images,
 weighted by exp(similarity / T), and predicts the class with the largest summed weight.
 The evaluator reads the objective's backbone (`backbone_variables`: a DINO/EsViT run's EMA
-teacher) and writes eval/<name>/top1_k<k>:
+teacher), or with network="student" the network being trained (`student_variables`, which a
+method with a teacher declares), and writes eval/<name>/top1_k<k>:
 
     config.evals.knn = dict(type="knn", ks=(10, 20), temperature=0.07)
+    config.evals.knn_student = dict(type="knn", ks=(10, 20), network="student")
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from vit_jax.evaluate.context import EvalContext
 
 DEFAULTS = dict(ks=(10, 20), temperature=0.07,
                 split="",          # the queries ("" = data.eval_split)
-                memory_split="")   # the labelled memory ("" = data.train_split)
+                memory_split="",   # the labelled memory ("" = data.train_split)
+                network="backbone")  # "backbone" (backbone_variables) | "student" (student_variables)
+NETWORKS = {"backbone": "backbone_variables", "student": "student_variables"}
 
 
 def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
@@ -53,6 +57,13 @@ def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
 def check(name: str, spec) -> None:
     if not spec.ks or not all(int(k) > 0 for k in spec.ks) or not spec.temperature > 0:
         raise ValueError(f"evals.{name}: ks must be positive integers and temperature > 0")
+    if spec.network not in NETWORKS:
+        raise ValueError(f"evals.{name}.network={spec.network!r}: use one of {sorted(NETWORKS)}")
+
+
+def needs(spec) -> str:
+    """The objective method that gives the evaluated network's variables."""
+    return NETWORKS[spec.network]
 
 
 def make(name: str, spec, ctx: EvalContext):
@@ -63,10 +74,11 @@ def make(name: str, spec, ctx: EvalContext):
         raise ValueError(f"evals.{name} (knn) needs a labelled dataset")
     feature_fn = jax.jit(features.pooled_features(objective.backbone))
     ks = tuple(int(k) for k in spec.ks)
+    variables_of = getattr(objective, needs(spec))
 
     def run(state, step):
         del step
-        variables = objective.backbone_variables(state["params"], state["extra"])
+        variables = variables_of(state["params"], state["extra"])
         memory, queries = ctx.source(spec.memory_split or cfg.data.train_split), ctx.source(spec.split)
         if queries is None:   # no eval split: evaluation is off
             return {}

@@ -332,10 +332,11 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = False) -> np
     return emb[None].astype(np.float32)
 
 
-def torch_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+def torch_bicubic_matrix(n_in: int, n_out: int, scale: float | None = None) -> np.ndarray:
     """(n_out, n_in) weights of torch's bicubic resize (align_corners=False, A=-0.75, edge clamp).
 
-    torch computes source x = (o + 0.5) * n_in / n_out - 0.5 and mixes the 4 pixels around
+    torch computes source x = (o + 0.5) * scale - 0.5, scale = n_in / n_out, or 1 / scale_factor
+    when F.interpolate is given a scale_factor (DINO's +0.1 offset), and mixes the 4 pixels around
     it with Keys' cubic (A = -0.75), clamping indices at the borders; jax.image.resize uses
     A = -0.5 and renormalises at the edges, which differs by ~1e-2.  DINOv2 and CLIP resize
     their position embeddings this way, so parity needs this exact kernel.
@@ -349,7 +350,7 @@ def torch_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
         return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
 
     w = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
+    scale = n_in / n_out if scale is None else scale
     for o in range(n_out):
         x = (o + 0.5) * scale - 0.5
         i0 = int(np.floor(x))
@@ -368,8 +369,10 @@ def resize_pos_embed(posemb: Array, new_grid: tuple[int, int], num_prefix_tokens
     The P prefix rows (cls / distillation tokens) are kept as they are; the grid rows are
     interpolated (half-pixel centres, like torch's align_corners=False).  `old_grid`
     defaults to a square grid.  method: "bilinear" (jax.image.resize; antialias=False
-    matches torch F.interpolate) or "bicubic" (torch's bicubic exactly, see
-    `torch_bicubic_matrix`; DINOv2 / CLIP).
+    matches torch F.interpolate), "bicubic" (torch's bicubic exactly, see
+    `torch_bicubic_matrix`; DINOv2 / CLIP) or "bicubic_dino" (facebookresearch/dino's
+    interpolate_pos_encoding: torch's bicubic with scale_factor (n_out + 0.1) / n_in, the offset it
+    adds against floating-point error, so the source grid is sampled at n_in / (n_out + 0.1)).
     """
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     n, d = grid.shape[1], grid.shape[2]
@@ -381,14 +384,16 @@ def resize_pos_embed(posemb: Array, new_grid: tuple[int, int], num_prefix_tokens
     if tuple(old_grid) == tuple(new_grid):
         return posemb
     grid = grid.reshape(old_grid[0], old_grid[1], d).astype(jnp.float32)
-    if method == "bicubic":
-        wh = jnp.asarray(torch_bicubic_matrix(old_grid[0], new_grid[0]), jnp.float32)
-        ww = jnp.asarray(torch_bicubic_matrix(old_grid[1], new_grid[1]), jnp.float32)
+    if method in ("bicubic", "bicubic_dino"):
+        wh, ww = (jnp.asarray(torch_bicubic_matrix(
+            n, m, n / (m + 0.1) if method == "bicubic_dino" else None), jnp.float32)
+            for n, m in zip(old_grid, new_grid))
         grid = jnp.einsum("Hh,hwd,Ww->HWd", wh, grid, ww, precision=jax.lax.Precision.HIGHEST)
     elif method == "bilinear":
         grid = jax.image.resize(grid, (new_grid[0], new_grid[1], d), method=method,
                                 antialias=antialias)
     else:
-        raise ValueError(f"pos-emb resize method must be 'bilinear' or 'bicubic', got {method!r}.")
+        raise ValueError(f"pos-emb resize method must be 'bilinear', 'bicubic' or 'bicubic_dino', "
+                         f"got {method!r}.")
     grid = grid.astype(posemb.dtype)
     return jnp.concatenate([prefix, grid.reshape(1, new_grid[0] * new_grid[1], d)], axis=1)

@@ -66,7 +66,8 @@ class ViT(nn.Module):
     final_norm: bool | None = None    # norm on all tokens; None: off iff pool == "gap" with fc_norm
                                       # (CLIP: False, its post_layernorm is fc_norm on the cls token)
     posemb: str = "learn"             # "learn" | "sincos2d" (fixed, MAE layout) | "none"
-    posemb_interp: str = "bilinear"   # resizing a learned pos-emb: "bilinear" | "bicubic" (torch's)
+    # resizing a learned pos-emb: "bilinear" | "bicubic" (torch's) | "bicubic_dino" (DINO's +0.1)
+    posemb_interp: str = "bilinear"
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path_rate: float = 0.0       # linearly increasing 0 -> rate over depth (timm)
@@ -90,8 +91,9 @@ class ViT(nn.Module):
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}; "
                              "choose num_heads that divides width (e.g. width // 64).")
-        if self.posemb_interp not in ("bilinear", "bicubic"):
-            raise ValueError(f"posemb_interp must be 'bilinear' or 'bicubic', got {self.posemb_interp!r}.")
+        if self.posemb_interp not in ("bilinear", "bicubic", "bicubic_dino"):
+            raise ValueError(f"posemb_interp must be 'bilinear', 'bicubic' or 'bicubic_dino', "
+                             f"got {self.posemb_interp!r}.")
         if self.pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {self.pool!r}.")
         if self.posemb not in _POSEMBS:

@@ -100,6 +100,9 @@ class Objective:
         weight_decay_rule: which parameters get weight decay (optim.DECAY_RULES): "timm" (not biases,
             norms, position embeddings and class tokens: supervised, MAE, EVA) or "dino" (all but
             biases and 1-D tensors, as facebookresearch/dino's get_params_groups).
+        held: None, or (PATTERN, S): the parameters whose path matches the regex PATTERN get no
+            optimizer step at all for the first S steps (optim.hold_until), as torch skips a
+            parameter whose .grad is None (DINO's frozen last layer).
 
     `__init__(config, info)` builds the modules and raises ValueError for a bad method config,
     before anything is compiled.
@@ -109,6 +112,7 @@ class Objective:
     backbone: nn.Module
     frozen_extra: dict[str, Any] = {}
     weight_decay_rule: ClassVar[str] = "timm"
+    held: tuple[str, int] | None = None
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         self.config, self.info = config, info

@@ -11,6 +11,10 @@ Each term is averaged over the batch; plain DINO adds the view terms, EsViT 0.5 
 Centers: c <- m c + (1 - m) mean(teacher outputs of both global crops over the global batch),
 after the loss; c_grid the same over all teacher tokens. Under jax.jit a mean over the batch axis
 of a batch-sharded array is the global mean, so the centers agree on every device.
+
+Remedies for collapse that are not in the DINO / EsViT papers (options, off in the faithful
+recipe): Sinkhorn-Knopp teacher targets instead of centering (DINOv2, `sinkhorn_iters > 0`) and
+the KoLeo regulariser on the student's pooled features (DINOv2, `koleo_loss`).
 """
 from __future__ import annotations
 
@@ -51,6 +55,45 @@ def update_center(center: Array, teacher_out: Array, momentum: float = 0.9) -> A
     return center * momentum + batch_center * (1.0 - momentum)
 
 
+# ------------------------------------------------------------------------------ teacher targets
+
+def sinkhorn_knopp(scores: Array, iters: int = 3) -> Array:
+    """(..., K) teacher scores (logits / tau_t) -> targets (..., K) whose rows each sum to 1 and
+    whose columns (prototypes) each get 1/K of the total mass over all leading axes, by `iters`
+    alternating normalisations of exp(scores) (SwAV; DINOv2's sinkhorn_knopp_teacher). Over the
+    global batch under jax.jit (the sums are global means of a sharded array)."""
+    k = scores.shape[-1]
+    q = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores)))
+    q = q.reshape(-1, k)
+    n = q.shape[0]
+    q = q / jnp.sum(q)
+    for _ in range(iters):
+        q = q / jnp.sum(q, axis=0, keepdims=True) / k    # each prototype: mass 1/K
+        q = q / jnp.sum(q, axis=1, keepdims=True) / n    # each sample: mass 1/N
+    return (q * n).reshape(scores.shape)
+
+
+def teacher_probs(teacher_logits: Array, center: Array, tau_t: Array, sinkhorn_iters: int = 0) -> Array:
+    """DINO's target softmax((t - c) / tau_t), or with sinkhorn_iters > 0 Sinkhorn-Knopp of t / tau_t
+    over all crops and samples (the center unused). No gradient."""
+    tau_t = jnp.asarray(tau_t, jnp.float32)
+    if sinkhorn_iters > 0:
+        q = sinkhorn_knopp(teacher_logits.astype(jnp.float32) / tau_t, sinkhorn_iters)
+    else:
+        q = jax.nn.softmax((teacher_logits - center) / tau_t, axis=-1)
+    return jax.lax.stop_gradient(q)
+
+
+def koleo_loss(features: Array, eps: float = 1e-8) -> Array:
+    """KoLeo (Sablayrolles et al. 2019; DINOv2): -mean_i log(min_{j != i} ||x_i - x_j|| + eps) of
+    the L2-normalised rows of features (B, D); it spreads the batch over the sphere."""
+    x = _normalize(features.astype(jnp.float32))
+    d2 = jnp.sum(x * x, -1)[:, None] + jnp.sum(x * x, -1)[None, :] - 2.0 * x @ x.T
+    d2 = jnp.where(jnp.eye(x.shape[0], dtype=bool), jnp.inf, d2)
+    nearest = jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
+    return -jnp.mean(jnp.log(nearest + eps))
+
+
 # ------------------------------------------------------------------------------ losses
 
 def _cross_entropy(teacher_probs: Array, student_logits: Array, tau_s: float) -> Array:
@@ -80,20 +123,21 @@ def region_term(student_region: Array, student_feat: Array, teacher_probs: Array
 def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: float, tau_t: Array,
                student_region: list[Array] | None = None, student_feat: list[Array] | None = None,
                teacher_region: Array | None = None, teacher_feat: Array | None = None,
-               center_grid: Array | None = None) -> tuple[Array, dict[str, Array]]:
+               center_grid: Array | None = None, sinkhorn_iters: int = 0
+               ) -> tuple[Array, dict[str, Array]]:
     """The DINO (region args None) or EsViT loss over all crop pairs; see the module docstring.
 
     student_view (V, B, K): view-head logits of every crop, the 2 global crops first.
     teacher_view (2, B, K): teacher view-head logits of the global crops.
     student_region / student_feat: per crop v, (B, Ts_v, K) and (B, Ts_v, P) (resolutions differ).
     teacher_region (2, B, Tt, K), teacher_feat (2, B, Tt, P).
+    sinkhorn_iters > 0: Sinkhorn-Knopp targets instead of centering (`teacher_probs`).
     Returns (loss, {"view": mean view term, "region": mean region term}).
     """
-    tau_t = jnp.asarray(tau_t, jnp.float32)
-    q = jax.lax.stop_gradient(jax.nn.softmax((teacher_view - center) / tau_t, axis=-1))
+    q = teacher_probs(teacher_view, center, tau_t, sinkhorn_iters)
     regions = student_region is not None
     if regions:
-        q_grid = jax.lax.stop_gradient(jax.nn.softmax((teacher_region - center_grid) / tau_t, axis=-1))
+        q_grid = teacher_probs(teacher_region, center_grid, tau_t, sinkhorn_iters)
         teacher_feat = jax.lax.stop_gradient(teacher_feat)
     total, views, grids, pairs = 0.0, 0.0, 0.0, 0
     for iq in range(teacher_view.shape[0]):
@@ -121,7 +165,7 @@ def _entropy(p: Array) -> Array:
 
 
 def collapse_diagnostics(student_logits: Array, teacher_logits: Array, center: Array, tau_s: float,
-                         tau_t: Array, kl: bool = True) -> dict[str, Array]:
+                         tau_t: Array, kl: bool = True, sinkhorn_iters: int = 0) -> dict[str, Array]:
     """DINO's collapse checks for one head, from the loss's own inputs.
 
     student_logits (V, B, K) or (V, B, T, K), teacher_logits (2, B, ...K), center (1, K).
@@ -131,9 +175,9 @@ def collapse_diagnostics(student_logits: Array, teacher_logits: Array, center: A
     student_entropy: mean H(p), p = softmax(s / tau_s);
     kl: mean over the loss's (teacher crop, other student crop) pairs of KL(q || p) = CE(q, p) - H(q),
       position by position (so not for region tokens, which the loss matches by similarity: kl=False);
-    center_norm: ||c||.
+    center_norm: ||c||. q is the loss's target (`teacher_probs`, Sinkhorn-Knopp if sinkhorn_iters).
     """
-    q = jax.nn.softmax((teacher_logits - center) / jnp.asarray(tau_t, jnp.float32), axis=-1)
+    q = teacher_probs(teacher_logits, center, tau_t, sinkhorn_iters)
     log_p = jax.nn.log_softmax(student_logits / tau_s, axis=-1)
     k = q.shape[-1]
     out = {"teacher_entropy": jnp.mean(_entropy(q)),

@@ -10,8 +10,9 @@ the view head reads the pooled features (`out` with num_classes=0: Swin's averag
 
 State: params = {"backbone", "head"[, "region_head"]}; extra = {"ema_teacher": {"params", "stats"},
 "stats" (the student's BatchNorm statistics, CvT), "center", "center_grid"}. Schedules are pure
-functions of the step: teacher temperature (per epoch), EMA momentum (cosine, per step); the
-last layers of both heads get no gradient during the first esvit.freeze_last_layer_epochs.
+functions of the step: teacher temperature (per epoch), EMA momentum (cosine, per step).
+The heads' last layers are held still by the optimizer during the first
+esvit.freeze_last_layer_epochs (the `held` declaration, torch's skip of a parameter without gradient).
 Multi-crop happens on the host (prepare_example, vit_jax/data/multicrop.py): data.train_transform
 must end with normalize('none') (pixels in [0, 1]); the crops are normalised with esvit.pixel_stats.
 Evaluation reads the EMA teacher's backbone (`backbone_variables`): configs name a "knn"
@@ -20,6 +21,7 @@ evaluator (eval/knn/top1_k*) and a "correspondences" one (`correspondence_image`
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,11 @@ class EsViT(Objective):
         # multi-crop (vit_jax/data/multicrop.py MultiCropSpec)
         global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
         flip=True, pixel_stats="imagenet",
+        # DINO's photometric ops: probabilities, (global 1, global 2, local) where a triple
+        jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1, 0.5), solarize_p=(0.0, 0.2, 0.0),
+        # remedies for collapse from DINOv2, not in the DINO / EsViT papers (0 = off, faithful)
+        sinkhorn_iters=0,                # > 0: Sinkhorn-Knopp teacher targets instead of centering
+        koleo_weight=0.0,                # KoLeo on the student's pooled features of each global crop
     )
     backbone_key = ("backbone",)
     weight_decay_rule = "dino"  # all but biases and 1-D tensors (dino's get_params_groups)
@@ -84,9 +91,17 @@ class EsViT(Objective):
         self.crops = multicrop.MultiCropSpec(
             global_size=int(e.global_size), local_size=int(e.local_size), num_local=int(e.num_local),
             global_scale=tuple(e.global_scale), local_scale=tuple(e.local_scale), flip=bool(e.flip),
+            jitter_p=float(e.jitter_p), gray_p=float(e.gray_p), blur_p=tuple(e.blur_p),
+            solarize_p=tuple(e.solarize_p),
             mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1])
         self.total_steps = durations.total_steps(config, info.num_train)
-        self.steps_per_epoch = max(info.num_train / config.batch_size, 1e-9)
+        # DINO's epochs drop the last partial batch: set data.drop_remainder for its step counts
+        self.steps_per_epoch = max(durations.steps_per_epoch(
+            info.num_train, config.batch_size, durations.drop_remainder(config)), 1e-9)
+        # DINO's cancel_gradients_last_layer sets the last layers' .grad to None: torch's AdamW
+        # neither decays nor moves them, and their Adam step count starts at the unfreeze
+        freeze = int(math.ceil(float(self.cfg.freeze_last_layer_epochs) * self.steps_per_epoch))
+        self.held = ("(head|region_head)/last_layer/", freeze) if freeze > 0 else None
         self._check()
 
     # ------------------------------------------------------------------ checks and data
@@ -107,6 +122,8 @@ class EsViT(Objective):
             raise ValueError("esvit.momentum_teacher must be in [0, 1] and esvit.center_momentum in [0, 1).")
         if e.warmup_teacher_temp_epochs < 0 or e.freeze_last_layer_epochs < 0:
             raise ValueError("esvit.warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0.")
+        if int(e.sinkhorn_iters) < 0 or float(e.koleo_weight) < 0:
+            raise ValueError("esvit.sinkhorn_iters and esvit.koleo_weight must be >= 0 (0: off).")
 
     def prepare_example(self, example: dict, rng: np.random.Generator) -> dict:
         crops = multicrop.multi_crop(np.asarray(example["image"]), rng, self.crops)
@@ -121,18 +138,13 @@ class EsViT(Objective):
         tokens = aux["encoded"][:, aux["encoded"].shape[1] - _token_count(aux):]
         return out.astype(jnp.float32), tokens, stats
 
-    def _heads(self, params, pooled, tokens, freeze: Array | None = None):
-        """View logits (B, K) and region logits (B, T, K); `freeze`: no gradient to last layers."""
-        def frozen(p):
-            if freeze is None:
-                return p
-            last = jax.tree.map(lambda x: jnp.where(freeze, jax.lax.stop_gradient(x), x), p["last_layer"])
-            return dict(p, last_layer=last)
-        view = self.head.apply({"params": frozen(params["head"])}, pooled)
+    def _heads(self, params, pooled, tokens):
+        """View logits (B, K) and region logits (B, T, K)."""
+        view = self.head.apply({"params": params["head"]}, pooled)
         region = None
         if self.region_head is not None:
             b, t, d = tokens.shape
-            region = self.region_head.apply({"params": frozen(params["region_head"])},
+            region = self.region_head.apply({"params": params["region_head"]},
                                             tokens.reshape(b * t, d)).reshape(b, t, -1)
         return view, region
 
@@ -161,7 +173,6 @@ class EsViT(Objective):
         e = self.cfg
         g, l = batch["global_crops"], batch["local_crops"]
         b, n_local = g.shape[0], l.shape[1]
-        freeze = step < jnp.asarray(e.freeze_last_layer_epochs * self.steps_per_epoch, jnp.float32)
         rng_g, rng_l = jax.random.split(rng)
 
         # teacher: global crops only, no gradient
@@ -175,7 +186,7 @@ class EsViT(Objective):
         # student: global crops, then local crops (two resolutions, two calls)
         s_pooled, s_tokens, stats = self._backbone(self.backbone, params["backbone"], extra["stats"],
                                                    self._crop_major(g), True, rng_g)
-        s_view, s_region = self._heads(params, s_pooled, s_tokens, freeze)
+        s_view, s_region = self._heads(params, s_pooled, s_tokens)
         views = [s_view.reshape(2, b, -1)]
         region_list = feat_list = None
         if s_region is not None:
@@ -184,7 +195,7 @@ class EsViT(Objective):
         if n_local:
             l_pooled, l_tokens, stats = self._backbone(self.backbone, params["backbone"], stats,
                                                        self._crop_major(l), True, rng_l)
-            l_view, l_region = self._heads(params, l_pooled, l_tokens, freeze)
+            l_view, l_region = self._heads(params, l_pooled, l_tokens)
             views.append(l_view.reshape(n_local, b, -1))
             if l_region is not None:
                 region_list += list(l_region.reshape((n_local, b) + l_region.shape[1:]))
@@ -194,24 +205,32 @@ class EsViT(Objective):
                                            float(e.teacher_temp), int(e.warmup_teacher_temp_epochs))
         regions = self.region_head is not None
         t_region_2 = jax.lax.stop_gradient(t_region.reshape((2, b) + t_region.shape[1:])) if regions else None
+        sk = int(e.sinkhorn_iters)
         loss, parts = losses.esvit_loss(
             jnp.concatenate(views, axis=0), t_view, extra["center"], float(e.student_temp), tau_t,
-            region_list, feat_list, t_region_2, t_tokens if regions else None, extra["center_grid"])
+            region_list, feat_list, t_region_2, t_tokens if regions else None, extra["center_grid"],
+            sinkhorn_iters=sk)
+        metrics = {"view_loss": parts["view"], "teacher_temp": tau_t}
+        if float(e.koleo_weight) > 0:
+            koleo = sum(losses.koleo_loss(p) for p in s_pooled.reshape((2, b, -1)))
+            metrics["koleo"] = koleo
+            loss = loss + float(e.koleo_weight) * koleo
         new_extra = dict(extra, stats=stats,
                          ema_teacher=dict(extra["ema_teacher"], stats=jax.lax.stop_gradient(t_stats)),
                          center=losses.update_center(extra["center"], t_view, float(e.center_momentum)))
         if regions:
             new_extra["center_grid"] = losses.update_center(extra["center_grid"], t_region_2,
                                                             float(e.center_momentum))
-        metrics = {"loss": loss, "view_loss": parts["view"], "teacher_temp": tau_t}
+        metrics["loss"] = loss
         student_views = jax.lax.stop_gradient(views[0][:2])  # the global crops' (same resolution)
         metrics.update({f"view/{k}": v for k, v in losses.collapse_diagnostics(
-            student_views, t_view, extra["center"], float(e.student_temp), tau_t).items()})
+            student_views, t_view, extra["center"], float(e.student_temp), tau_t,
+            sinkhorn_iters=sk).items()})
         if regions:
             metrics["region_loss"] = parts["region"]
             metrics.update({f"region/{k}": v for k, v in losses.collapse_diagnostics(
                 jax.lax.stop_gradient(jnp.stack(region_list[:2])), t_region_2, extra["center_grid"],
-                float(e.student_temp), tau_t, kl=False).items()})
+                float(e.student_temp), tau_t, kl=False, sinkhorn_iters=sk).items()})
         return loss, (metrics, new_extra)
 
     def after_update(self, params: Params, extra: Extra, step: jax.Array) -> Extra:
@@ -224,6 +243,10 @@ class EsViT(Objective):
         """The EMA teacher's backbone: the network DINO and EsViT evaluate and hand on."""
         teacher = extra["ema_teacher"]
         return {"params": teacher["params"]["backbone"], **teacher["stats"]}
+
+    def student_variables(self, params: Params, extra: Extra) -> dict:
+        """The student's backbone (k-NN of the student: evals.NAME.network="student")."""
+        return {"params": params["backbone"], **extra["stats"]}
 
     def correspondence_image(self, variables: dict, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
         """EsViT's picture for one raw example (uint8 image): two global views (multi-crop with
