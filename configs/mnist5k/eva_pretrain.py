@@ -16,7 +16,9 @@ onnx), shown each crop at 98 px (7x7 grid of /14 patches, so one target per stud
 RGB with ImageNet statistics. Target: its final-norm patch tokens (384-d); loss: -cosine on the
 masked tokens. Masks: block-wise, 40% (20 of 49 patches), blocks of at least 4 patches (EVA's 16
 of 256 scaled to the grid). EVA's optimizer: AdamW b2 0.98, eps 1e-6, wd 0.05, clip 3.0.
-Then fine-tune / probe / k-NN with the evaluation configs (README's small-data table).
+Then fine-tune / probe / k-NN with the evaluation configs (README's small-data table). Measured:
+digit teacher k-NN 79.6 / 79.7, probe 80.8, fine-tune 94.5 (MAE: 69.1 / 68.2, 80.5, 95.2); DINOv2
+teacher 53.1 / 52.4, 52.3, 83.9.
 """
 from vit_jax.config_base import mnist5k_config
 from vit_jax import objectives
