@@ -46,22 +46,16 @@ How the official code runs without torch.distributed / CUDA (process-local shims
 Command line (full run, our current recipe = the defaults):
     mkdir -p /tmp/dino_official && \
       git -C /work/.mirror/facebookresearch+dino/repo archive HEAD -- '*.py' | tar -x -C /tmp/dino_official
-    (the mirror lacks the .github/*.png blobs: '*.py' skips them; git may still print an
-    "invalid object" line for one, but exits 0 and all 12 .py files come out intact)
+    ('*.py' skips the .github/*.png blobs the mirror lacks; an "invalid object" line is harmless)
     python benchmarks/official_dino_mnist5k.py --dino_repo /tmp/dino_official \
         --out workdirs/official_dino_mnist5k/log.jsonl
-Smoke test:
-    python benchmarks/official_dino_mnist5k.py --dino_repo /tmp/dino_official --epochs 1 \
-        --local_crops_number 2 --eval_every 1 --max_steps_per_epoch 3 --out /tmp/official_dino.jsonl
+Smoke test: the same with --epochs 1 --local_crops_number 2 --eval_every 1 --max_steps_per_epoch 3
 
-Output: per epoch, a JSON line {"epoch", "loss" (mean over the epoch), "lr", "wd" (epoch means),
-"train_time_s" (since start, before this epoch's eval), "wall_time_s" (since start, eval included)} plus "knn_top1_k10"/"knn_top1_k20" (fractions in [0, 1],
-like vit_jax's eval/knn/top1_k*) every --eval_every epochs and after the last; printed and appended
-to --out. Last stdout line: `final: {"knn_top1_k10": ..., "knn_top1_k20": ..., "wall_time_s": ...}`.
-Needs torchvision's pure-Python transforms, installed OUTSIDE the project's venv (inside it, pip's
-CUDA torchvision breaks transformers' imports on the CPU torch):
-    pip install --no-deps --target /work/tv torchvision==0.29.1   # then run with PYTHONPATH=/work/tv
-Its C extension is not needed and is never loaded (see `_import_torchvision_python_only`).
+Output: a JSON line per epoch (epoch, mean loss, lr, wd, train_time_s, wall_time_s, and every
+--eval_every epochs knn_top1_k10/k20 as fractions), printed and appended to --out; last line
+`final: {"knn_top1_k10": ..., "knn_top1_k20": ..., "wall_time_s": ...}`.
+Needs torchvision's pure-Python transforms outside the venv (inside, it breaks transformers):
+`pip install --no-deps --target /work/tv torchvision==0.29.1`, run with PYTHONPATH=/work/tv.
 """
 from __future__ import annotations
 

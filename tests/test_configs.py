@@ -12,7 +12,8 @@ from vit_jax import durations, objectives, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finetune.py", ""),
-         ("mnist5k/linear_probe.py", ""), ("mnist5k/knn.py", ""),
+         ("mnist5k/linear_probe.py", ""), ("mnist5k/knn.py", ""), ("mnist5k/knn.py", ",gap"),
+         ("mnist5k/linear_probe.py", ",gap"),
          ("imagenet/mae_pretrain.py", "base"), ("imagenet/mae_pretrain.py", "huge"),
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
          ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
@@ -31,6 +32,14 @@ def load(path, arg):
 def test_mnist5k_eva_teacher_knows_digits_by_default():
     assert load("mnist5k/eva_pretrain.py", "").eva.teacher == "workdir:workdirs/quickstart"
     assert load("mnist5k/eva_pretrain.py", "runs/sup").eva.teacher == "workdir:runs/sup"
+
+
+def test_frozen_protocols_read_the_mean_patch_token_on_request():
+    for path in ("mnist5k/knn.py", "mnist5k/linear_probe.py"):
+        assert (load(path, ",gap").model.pool, load(path, ",gap").model.fc_norm) == ("gap", False)
+        assert "pool" not in load(path, "").model
+        with pytest.raises(ValueError, match="WORKDIR,gap"):
+            load(path, ",mean")
 
 
 def test_every_config_file_is_covered():

@@ -176,6 +176,20 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def path_matches(params: Any, pattern: str, key: str) -> Any:
+    """Bools like `params`: the leaf's path ("backbone/blocks_0/attn/query/kernel") matches the
+    regex `pattern` from its start. ValueError naming `key` for a bad regex or no match."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{key}={pattern!r} is not a regular expression: {e}") from None
+    matches = jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.match(path_str(p))), params)
+    if not any(jax.tree.leaves(matches)):
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        raise ValueError(f"{key}={pattern!r} matches no parameter; paths look like {paths[:3]}")
+    return matches
+
+
 def lr_factors(o, params: Any, backbone_key: tuple[str, ...] = (),
                num_layers: int | None = None) -> Any | None:
     """Per-leaf lr factors from `config.optim` (None: 1 everywhere), applied to the whole update:
@@ -191,17 +205,9 @@ def lr_factors(o, params: Any, backbone_key: tuple[str, ...] = (),
         decayed = layer_decay_multipliers(subtree(params, backbone_key), num_layers, o.layer_decay)
         factors = replace_subtree(jax.tree.map(lambda _: np.float32(1.0), params), backbone_key, decayed)
     if o.get("freeze"):
-        try:
-            pattern = re.compile(o.freeze)
-        except re.error as e:
-            raise ValueError(f"optim.freeze={o.freeze!r} is not a regular expression: {e}") from None
-        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        if not any(pattern.match(p) for p in paths):
-            raise ValueError(f"optim.freeze={o.freeze!r} matches no parameter; paths look like "
-                             f"{paths[:3]}")
+        frozen = path_matches(params, o.freeze, "optim.freeze")
         base = factors if factors is not None else jax.tree.map(lambda _: np.float32(1.0), params)
-        factors = jax.tree_util.tree_map_with_path(
-            lambda p, f: np.float32(0.0) if pattern.match(path_str(p)) else f, base)
+        factors = jax.tree.map(lambda m, f: np.float32(0.0) if m else f, frozen, base)
     return factors
 
 
@@ -284,11 +290,8 @@ def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | Non
     wd = make_weight_decay(cfg, total_steps)
     opt = _base_optimizer(o, schedule, wd, decay_rule)
     if held is not None and int(held[1]) > 0:
-        pattern, steps = re.compile(held[0]), int(held[1])
-        labels = jax.tree_util.tree_map_with_path(
-            lambda p, _: "held" if pattern.match(path_str(p)) else "rest", params)
-        if "held" not in jax.tree.leaves(labels):
-            raise ValueError(f"held={held[0]!r} matches no parameter")
+        steps = int(held[1])
+        labels = jax.tree.map(lambda m: "held" if m else "rest", path_matches(params, held[0], "held"))
         later = hold_until(_base_optimizer(o, _shifted(schedule, steps), _shifted(wd, steps), decay_rule),
                            steps)
         opt = optax.multi_transform({"rest": opt, "held": later}, labels)

@@ -6,15 +6,21 @@
 MAE's protocol (class token, LARS momentum 0.9, trust 0.001, no weight decay), 20 epochs, with
 MAE's absolute lr 6.4 (0.1 * 16384 / 256): LARS scales each step by trust * |w| / |g|, so the
 linear batch-scaling rule does not carry over to a batch of 128 (lr 0.2 barely moved the head:
-33.5% after 10 epochs). Results: README's small-data table.
+33.5% after 10 epochs). ARG = WORKDIR,gap probes the mean of the final-norm patch tokens instead
+of the class token. Results: README's small-data table.
 """
 from vit_jax.config_base import backbone_of_run, mnist5k_config
 
 
 def get_config(arg: str = ""):
+    workdir, _, pool = (arg or "").partition(",")
     c = mnist5k_config()
     c.objective = "linear_probe"
-    backbone_of_run(c, arg)  # the run's own backbone (ViT, Swin, CvT) and its weights
+    backbone_of_run(c, workdir)  # the run's own backbone (ViT, Swin, CvT) and its weights
+    if pool:  # ARG = WORKDIR,gap: the mean of the final-norm patch tokens instead of the class token
+        if pool != "gap":
+            raise ValueError(f"ARG {arg!r}: use WORKDIR or WORKDIR,gap")
+        c.model.pool, c.model.fc_norm = "gap", False
     c.data.train_transform = "pad_crop(28, 2)|normalize('mnist')"
     c.num_epochs = 20
     c.optim.name = "lars"

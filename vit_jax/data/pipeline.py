@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vit_jax.durations import steps_per_epoch
 from vit_jax.errors import DataError
 
 Transform = Callable[[dict, np.random.Generator], dict]
@@ -122,7 +123,7 @@ class TrainPipeline:
         self.source, self.transform = source, transform
         self.global_batch, self.seed = global_batch, seed
         self.drop_remainder = drop_remainder
-        self.steps_per_epoch = len(source) // global_batch if drop_remainder else len(source) / global_batch
+        self.steps_per_epoch = steps_per_epoch(len(source), global_batch, drop_remainder)
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
         self.prefetch = max(prefetch, 1)
@@ -150,7 +151,7 @@ class TrainPipeline:
         n = len(self.source)
         if self.drop_remainder:
             step, row = divmod(g, self.global_batch)
-            epoch, within = divmod(step, self.steps_per_epoch)
+            epoch, within = divmod(step, int(self.steps_per_epoch))
             return int(_permutation(self.seed, epoch, n)[within * self.global_batch + row])
         return int(_permutation(self.seed, g // n, n)[g % n])
 
