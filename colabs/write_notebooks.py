@@ -189,7 +189,7 @@ the masks nest). The MAE is one of:
 - a Hugging Face `ViTMAEForPreTraining` folder (`HF_MAE_FOLDER`, what `save_pretrained` writes,
   e.g. a download of `facebook/vit-mae-base`), shown on two photos from scikit-learn;
 - with both empty, an MAE pre-trained here on `mnist5k` (`configs/mnist5k/mae_pretrain.py`:
-  20 epochs, about 9 minutes on a 2-core CPU).'''),
+  60 epochs, about half an hour on a 2-core CPU).'''),
     new_code_cell(INSTALL),
     params_cell('''\
 MAE_WORKDIR = os.environ.get("VIT_JAX_MAE_WORKDIR", "")      # a vit_jax MAE run, or ""
@@ -362,7 +362,7 @@ if not DATA_DIR:
 train_folder, test_folder = sources.image_folder(DATA_DIR, "train"), sources.image_folder(DATA_DIR, "test")
 print(train_folder, test_folder, "classes:", train_folder.classes)'''),
     new_markdown_cell("## A pre-trained backbone (only without `INIT_FROM`)\n\nMAE on mnist5k "
-                      "(`configs/mnist5k/mae_pretrain.py`, 20 epochs, about 9 minutes on a "
+                      "(`configs/mnist5k/mae_pretrain.py`, 60 epochs, about half an hour on a "
                       "2-core CPU)."),
     new_code_cell('''\
 from vit_jax import train

@@ -1,5 +1,5 @@
-"""DINO's training details against the official code's semantics (facebookresearch/dino): the frozen
-last layer as torch's AdamW skips it, the local crops' position embedding (bicubic with the +0.1
+"""DINO's training details against the official code's semantics (facebookresearch/dino): the ViT's
+initialisation (weight_init="dino"), the frozen last layer as torch's AdamW skips it, the local crops' position embedding (bicubic with the +0.1
 scale-factor offset), epochs that drop the last partial batch; and the collapse remedies of DINOv2
 (Sinkhorn-Knopp targets, KoLeo) against closed forms."""
 from __future__ import annotations
@@ -238,3 +238,27 @@ def test_koleo_closed_form():
     # spreading the batch lowers it
     near = np.array([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1]])
     assert float(L.koleo_loss(jnp.asarray(near))) > want
+
+
+def test_weight_init_dino_draws_what_torch_draws():
+    """weight_init="dino": Linear kernels as torch's trunc_normal_(std=0.02), zero biases; the patch
+    conv (kernel and bias) as torch.nn.Conv2d's own default. Compared with the torch draws by range
+    and standard deviation; "mae" (xavier) is different, so the test can tell them apart."""
+    kw = dict(num_classes=0, in_channels=1, width=128, depth=1, num_heads=4, mlp_dim=256, image_size=28)
+    x = jnp.zeros((1, 28, 28, 1))
+    dino = models.create("vit_tiny_patch4_28", weight_init="dino", **kw).init(jax.random.key(0), x)["params"]
+    mae = models.create("vit_tiny_patch4_28", **kw).init(jax.random.key(0), x)["params"]
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 128, 4, 4)
+    lin = torch.nn.init.trunc_normal_(torch.empty(256, 128), std=0.02)
+    ours_conv = np.asarray(dino["embedding"]["kernel"]), np.asarray(dino["embedding"]["bias"])
+    for ours, ref in zip(ours_conv, (conv.weight.detach().numpy(), conv.bias.detach().numpy())):
+        assert np.abs(ours).max() <= 0.25 and np.abs(ref).max() <= 0.25  # 1 / sqrt(fan_in 16)
+        assert ours.std() == pytest.approx(ref.std(), rel=0.2 if ours.size < 1000 else 0.05)
+    fc1 = np.asarray(dino["blocks_0"]["mlp"]["fc1"]["kernel"])
+    assert fc1.std() == pytest.approx(lin.std().item(), rel=0.03)
+    assert np.asarray(mae["blocks_0"]["mlp"]["fc1"]["kernel"]).std() > 3 * fc1.std()  # xavier: 0.072
+    assert not np.any(np.asarray(dino["blocks_0"]["mlp"]["fc1"]["bias"]))
+    assert np.asarray(dino["pos_embed"]).std() == pytest.approx(0.02, rel=0.1)
+    with pytest.raises(ValueError, match="weight_init"):
+        models.create("vit_tiny_patch4_28", weight_init="xavier", **kw)

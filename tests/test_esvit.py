@@ -16,7 +16,7 @@ import pytest
 
 from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, objectives, optim, sharding, train
+from vit_jax import checkpoint, objectives, optim, sharding, train, viz
 from vit_jax.data.pipeline import TrainPipeline
 from vit_jax.runs import load_run
 from vit_jax.validate import ConfigError, validate
@@ -46,7 +46,7 @@ def esvit_config(region: bool = True, **esvit_kw):
     c.esvit.update(esvit_kw)
     c.total_steps = 12
     c.evals = mlc.ConfigDict(dict(knn=dict(type="knn", ks=(5,)),
-                                  esvit_correspondence=dict(type="correspondences")))
+                                  esvit_correspondence=dict(type="correspondences", ink_images=3)))
     return c
 
 
@@ -171,6 +171,8 @@ def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
     assert rows[0]["train/view/kl"] >= -1e-4 and rows[0]["train/backbone_grad_norm"] > 0.0
     assert np.isfinite(out["train/loss"])
     assert os.path.isfile(tmp_path / "esvit_correspondence_000010.png")
+    ink = [r["eval/esvit_correspondence/ink_top10"] for r in rows if "eval/esvit_correspondence/ink_top10" in r]
+    assert len(ink) == 2 and all(0.0 <= a <= 1.0 for a in ink)
     # downstream protocols read the EMA teacher
     run = load_run(str(tmp_path))
     teacher = checkpoint.load_params(str(tmp_path), path=("extra", "ema_teacher", "params"))
@@ -216,3 +218,19 @@ def test_bad_esvit_configs():
     cfg.esvit.unknown = 1
     with pytest.raises(ConfigError, match="unknown key"):
         validate(cfg)
+
+
+def test_ink_match_fraction_closed_form():
+    """Ink only in the top-left quarter of view a and the bottom-right of view b (2 x 2 token grids):
+    of the pairs (0->3), (0->0), (1->3) only the first lies on ink in both views."""
+    a, b = np.zeros((8, 8, 1), np.float32), np.zeros((8, 8, 1), np.float32)
+    a[1, 2], b[6, 5] = 1.0, 0.8
+    pairs = [(0, 3, 0.9), (0, 0, 0.8), (1, 3, 0.7)]
+    assert viz.ink_match_fraction(a, b, pairs, 4, 4) == pytest.approx(1 / 3)
+    # normalised views are un-normalised first: 0.8 ink normalised with mean 0.5, std 0.25 is 1.2
+    assert viz.ink_match_fraction((a - 0.5) / 0.25, (b - 0.5) / 0.25, pairs, 4, 4, 0.5, 0.25) \
+        == pytest.approx(1 / 3)
+    assert viz.ink_match_fraction(a, b, pairs, 4, 4, threshold=0.9) == 0.0   # b's ink is 0.8
+    assert viz.ink_match_fraction(a, b, [(0, 3, 1.0)], 16, 4) == 0.0          # 4 x 4 grid: cell 0 is empty
+    with pytest.raises(ValueError, match="pair"):
+        viz.ink_match_fraction(a, b, [], 4, 4)

@@ -127,6 +127,23 @@ def _grid_of(n: int, h: int, w: int) -> tuple[int, int]:
     raise ValueError(f"{n} tokens do not tile a {h}x{w} image.")
 
 
+def ink_match_fraction(view_a: np.ndarray, view_b: np.ndarray, pairs: Sequence[tuple[int, int, float]],
+                       n_a: int, n_b: int, mean: Sequence[float] | float = 0.0,
+                       std: Sequence[float] | float = 1.0, threshold: float = 0.5) -> float:
+    """The fraction of matched pairs (i in a, j in b) whose regions both fall on ink: the region of a
+    token (its cell of the n-token grid over the view) holds a pixel >= `threshold` once the view is
+    un-normalised to [0, 1]. Views (H, W, C) normalised; pairs as top_matches returns them."""
+    def on_ink(view: np.ndarray, n: int, idx: int) -> bool:
+        v = _to_display(np.asarray(view, np.float32)[None], mean, std)[0]
+        (gh, gw), (h, w) = _grid_of(n, *v.shape[:2]), v.shape[:2]
+        r, c = divmod(idx, gw)
+        cell = v[r * h // gh:(r + 1) * h // gh, c * w // gw:(c + 1) * w // gw]
+        return bool(cell.max() >= threshold)
+    if not pairs:
+        raise ValueError("ink_match_fraction needs at least one matched pair.")
+    return float(np.mean([on_ink(view_a, n_a, i) and on_ink(view_b, n_b, j) for i, j, _ in pairs]))
+
+
 def correspondence_picture(view_a: np.ndarray, view_b: np.ndarray, tokens_a: np.ndarray,
                            tokens_b: np.ndarray, mean: Sequence[float] | float = 0.0,
                            std: Sequence[float] | float = 1.0, top: int = 10,

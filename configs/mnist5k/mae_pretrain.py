@@ -3,8 +3,15 @@
     python -m vit_jax.main --config configs/mnist5k/mae_pretrain.py --workdir workdirs/mnist5k_mae
 
 Encoder: the shared small-data ViT (4x4 patches, 49 tokens, width 128, depth 6); decoder width 64,
-depth 2; 75% masking; norm_pix_loss; crops (0.5, 1) as MAE's RandomResizedCrop, no flips
-(digits are not mirror-symmetric). Results: README's small-data table.
+depth 2; 75% masking; crops (0.5, 1) as MAE's RandomResizedCrop, no flips (digits are not
+mirror-symmetric); 60 epochs. The targets are the raw (dataset-normalised) pixels, not MAE's
+per-patch normalised ones (norm_pix_loss, MAE's ImageNet default, is off: most 4x4 patches of a
+digit are nearly blank, and normalising each by its own spread amplifies a few grey pixels).
+Measured (README's small-data table; 36 min 21 s beside one or two other runs on the 2-core CPU,
+where a 20-epoch run alone took 8 min 36 s): k-NN (k=10) 81.3 on the class token and 89.9 on the
+mean patch token (`knn.py:WORKDIR,gap`), linear probe 90.5 and 94.1, fine-tune 98.1 (raw pixels:
+95.1 k-NN, 90.4 logistic regression). The epochs do most of it: at 20 epochs the raw targets give
+k-NN 71.5 / 70.6 (class / mean patch token), norm_pix_loss 69.1 / 69.3.
 """
 from vit_jax.config_base import mnist5k_config
 from vit_jax import objectives
@@ -16,15 +23,15 @@ def get_config(arg: str = ""):
     c.objective = "mae"
     c.mae = objectives.default_config("mae")
     c.mae.update(dict(mask_ratio=0.75, decoder_width=64, decoder_depth=2, decoder_heads=4,
-                      norm_pix_loss=True))
+                      norm_pix_loss=False))
     c.data.train_transform = "rrc(28, scale=(0.5, 1.0))|normalize('mnist')"
-    c.num_epochs = 20
-    c.optim.lr = 1e-3  # MAE: 1.5e-4 * batch / 256 for 800 epochs; a 20-epoch run wants more
+    c.num_epochs = 60
+    c.optim.lr = 1e-3  # MAE: 1.5e-4 * batch / 256 for 800 epochs; a 60-epoch run wants more
     c.optim.b2 = 0.95
     c.optim.warmup_steps = 60
     c.optim.clip_norm = 0.0
     c.log_every = 100
-    c.eval_every_epochs = 10
-    c.checkpoint_every_epochs = 10
+    c.eval_every_epochs = 20
+    c.checkpoint_every_epochs = 20
     c.evals.mae_reconstruction = dict(type="reconstruction")   # mae_reconstruction_<step>.png
     return c

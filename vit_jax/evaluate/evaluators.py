@@ -28,8 +28,8 @@ class EvalType:
     defaults: dict
     check: Callable[[str, Any], None]
     make: Callable[[str, Any, EvalContext], Run]
-    # an objective method the type calls, or a function of the checked spec naming it (or None)
-    needs: str | Callable[[Any], str | None] | None = None
+    # the objective methods the type calls, or a function of the checked spec naming them (or None)
+    needs: str | tuple[str, ...] | Callable[[Any], str | tuple[str, ...] | None] | None = None
 
 
 TYPES: dict[str, EvalType] = {
@@ -38,7 +38,7 @@ TYPES: dict[str, EvalType] = {
     "reconstruction": EvalType(pictures.RECONSTRUCTION, pictures.check, pictures.make_reconstruction,
                                pictures.NEEDS["reconstruction"]),
     "correspondences": EvalType(pictures.CORRESPONDENCES, pictures.check, pictures.make_correspondences,
-                                pictures.NEEDS["correspondences"]),
+                                pictures.correspondence_needs),
 }
 _EVERY = tuple(durations.placeholders("every"))
 
@@ -70,9 +70,10 @@ def _spec(name: str, raw: Any, objective: Any) -> tuple[EvalType, mlc.ConfigDict
             spec[k] = raw[k]
     t.check(name, spec)
     needs = t.needs(spec) if callable(t.needs) else t.needs
-    if needs and not callable(getattr(objective, needs, None)):
-        raise ValueError(f"evals.{name} ({kind}) reads objective.{needs}, which the "
-                         f"{type(objective).__name__} objective does not have; remove evals.{name}")
+    for method in (needs,) if isinstance(needs, str) else needs or ():
+        if not callable(getattr(objective, method, None)):
+            raise ValueError(f"evals.{name} ({kind}) reads objective.{method}, which the "
+                             f"{type(objective).__name__} objective does not have; remove evals.{name}")
     return t, spec
 
 

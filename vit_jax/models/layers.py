@@ -278,6 +278,7 @@ class Block(nn.Module, kw_only=True):
     norm_layer: str = "layernorm"
     layer_norm_eps: float = 1e-6
     init_values: float | None = None  # layer scale; None = off
+    kernel_init: Initializer = dense_init   # of every Dense in the block
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -286,9 +287,9 @@ class Block(nn.Module, kw_only=True):
         self.norm1 = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
         self.attn = Attention(num_heads=self.num_heads, qkv_bias=self.qkv_bias,
                               fused_qkv=self.fused_qkv, attn_dropout=self.attn_dropout,
-                              proj_dropout=self.dropout, **kw)
+                              proj_dropout=self.dropout, kernel_init=self.kernel_init, **kw)
         self.norm2 = make_norm(self.norm_layer, self.layer_norm_eps, **kw)
-        self.mlp = MlpBlock(hidden_dim=self.mlp_dim, act=self.act, dropout=self.dropout, **kw)
+        self.mlp = MlpBlock(hidden_dim=self.mlp_dim, act=self.act, dropout=self.dropout, kernel_init=self.kernel_init, **kw)
         if self.init_values is not None:
             self.ls1 = LayerScale(init_values=self.init_values, param_dtype=self.param_dtype)
             self.ls2 = LayerScale(init_values=self.init_values, param_dtype=self.param_dtype)

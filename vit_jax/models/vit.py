@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import (Block, Dtype, check_images, make_norm, pair,
-                                   patch_embed_init, resize_pos_embed, sincos_2d)
+from vit_jax.models.layers import (Block, Dtype, Initializer, check_images, dense_init, make_norm,
+                                   pair, patch_embed_init, resize_pos_embed, sincos_2d)
 from vit_jax.models.registry import register, register_pattern
 
 Array = jax.Array
@@ -47,6 +47,17 @@ class _ScanBlock(Block):
 
     def __call__(self, x: Array, rate: Array, train: bool = False) -> tuple[Array, None]:  # type: ignore[override]
         return super().__call__(x, train, rate), None
+
+
+# facebookresearch/dino's (and DeiT's) init: trunc_normal_(std=0.02) with its absolute bounds +-2
+# (practically untruncated) on Linear kernels, the class token and the position embedding.
+_TRUNC_002 = nn.initializers.truncated_normal(0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+
+
+def _torch_conv_default(fan_in: int) -> Initializer:
+    """torch.nn.Conv2d's own init of weight and bias (kaiming_uniform(a=sqrt 5)): U(+-1/sqrt(fan_in))."""
+    bound = float(fan_in) ** -0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class ViT(nn.Module):
@@ -80,6 +91,7 @@ class ViT(nn.Module):
     act: str = "gelu"                 # see layers.get_activation
     init_values: float | None = None  # layer scale (DINOv2); None = off
     head_init_std: float = 0.0        # 0: zero-init head (google ViT); MAE fine-tune uses 2e-5
+    weight_init: str = "mae"          # "mae" (xavier, as MAE / big_vision) | "dino" (DINO / DeiT)
     head_bias: bool = True            # CLIP's visual projection has no bias
     dtype: Dtype = jnp.float32        # compute dtype; params stay param_dtype
     param_dtype: Dtype = jnp.float32
@@ -96,6 +108,9 @@ class ViT(nn.Module):
                              f"got {self.posemb_interp!r}.")
         if self.pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {self.pool!r}.")
+        if self.weight_init not in ("mae", "dino"):
+            raise ValueError(f"weight_init must be 'mae' (xavier Linear kernels) or 'dino' (trunc-normal "
+                             f"0.02, torch's default patch conv), got {self.weight_init!r}.")
         if self.posemb not in _POSEMBS:
             raise ValueError(f"posemb must be one of {_POSEMBS}, got {self.posemb!r}.")
         if self.pool == "token" and not self.class_token:
@@ -135,14 +150,18 @@ class ViT(nn.Module):
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d, p = self.width, pair(self.patch_size)
+        if self.weight_init == "dino":
+            conv = _torch_conv_default(p[0] * p[1] * self.in_channels)
+            dense, token, conv_kw = _TRUNC_002, _TRUNC_002, dict(kernel_init=conv, bias_init=conv)
+        else:
+            dense, token, conv_kw = dense_init, nn.initializers.normal(0.02), dict(kernel_init=patch_embed_init)
         self.embedding = nn.Conv(d, p, strides=p, padding="VALID", use_bias=self.patch_bias,
-                                 kernel_init=patch_embed_init, **kw)
+                                 **conv_kw, **kw)
         if self.class_token:
-            self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, d),
-                                        self.param_dtype)
+            self.cls_token = self.param("cls_token", token, (1, 1, d), self.param_dtype)
         if self.posemb == "learn":
             gh, gw = self.base_grid
-            self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
+            self.pos_embed = self.param("pos_embed", token,
                                         (1, self.num_prefix_tokens + gh * gw, d), self.param_dtype)
         self.pos_drop = nn.Dropout(self.dropout)
         if self.pre_norm:
@@ -152,7 +171,8 @@ class ViT(nn.Module):
                         mlp_dim=self.mlp_dim or int(self.width * self.mlp_ratio),
                         qkv_bias=self.qkv_bias, fused_qkv=self.fused_qkv, dropout=self.dropout,
                         attn_dropout=self.attn_dropout, act=self.act, norm_layer=self.norm_layer,
-                        layer_norm_eps=self.layer_norm_eps, init_values=self.init_values, **kw)
+                        layer_norm_eps=self.layer_norm_eps, init_values=self.init_values,
+                        kernel_init=dense, **kw)
         if self.scan:
             cls = _ScanBlock
             if self.remat:  # static_argnums counts self: (self, x, rate, train)

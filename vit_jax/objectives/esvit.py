@@ -16,7 +16,8 @@ esvit.freeze_last_layer_epochs (the `held` declaration, torch's skip of a parame
 Multi-crop happens on the host (prepare_example, vit_jax/data/multicrop.py): data.train_transform
 must end with normalize('none') (pixels in [0, 1]); the crops are normalised with esvit.pixel_stats.
 Evaluation reads the EMA teacher's backbone (`backbone_variables`): configs name a "knn"
-evaluator (eval/knn/top1_k*) and a "correspondences" one (`correspondence_image`).
+evaluator (eval/knn/top1_k*) and a "correspondences" one (`correspondence_image`, and
+`correspondence_ink`: eval/NAME/ink_top10, the share of the top-10 matches on ink in both views).
 """
 from __future__ import annotations
 
@@ -248,13 +249,30 @@ class EsViT(Objective):
         """The student's backbone (k-NN of the student: evals.NAME.network="student")."""
         return {"params": params["backbone"], **extra["stats"]}
 
-    def correspondence_image(self, variables: dict, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
-        """EsViT's picture for one raw example (uint8 image): two global views (multi-crop with
-        `seed`) and the `top` best-matched tokens of the backbone with `variables` (e.g.
-        `backbone_variables(params, extra)`, the teacher's) joined by lines. uint8 (H, W, 3)."""
+    def _matched_views(self, variables: dict, example: dict, seed: int):
+        """Two global views of one raw example (multi-crop with `seed`) and their final tokens."""
         image = transforms_lib.normalize(np.asarray(example["image"]), "none")
         crops = multicrop.multi_crop(image, np.random.default_rng(seed), self.crops)["global"]
         stats = {k: v for k, v in variables.items() if k != "params"}
         _, tokens, _ = self._backbone(self.teacher_model, variables["params"], stats, jnp.asarray(crops), False)
-        return viz.correspondence_picture(crops[0], crops[1], np.asarray(tokens[0]), np.asarray(tokens[1]),
+        return crops, np.asarray(tokens, np.float32)
+
+    def correspondence_image(self, variables: dict, example: dict, seed: int = 0, top: int = 10) -> np.ndarray:
+        """EsViT's picture for one raw example (uint8 image): two global views (multi-crop with
+        `seed`) and the `top` best-matched tokens of the backbone with `variables` (e.g.
+        `backbone_variables(params, extra)`, the teacher's) joined by lines. uint8 (H, W, 3)."""
+        crops, tokens = self._matched_views(variables, example, seed)
+        return viz.correspondence_picture(crops[0], crops[1], tokens[0], tokens[1],
                                           self.crops.mean, self.crops.std, top=top)
+
+    def correspondence_ink(self, variables: dict, examples: list[dict], seed: int = 0, top: int = 10) -> float:
+        """Over `examples` (example k viewed with seed + k): the fraction of each pair of views' `top`
+        best-matched tokens that fall on ink in both views (viz.ink_match_fraction; strokes
+        matched to strokes, not background to background)."""
+        fractions = []
+        for k, example in enumerate(examples):
+            crops, tokens = self._matched_views(variables, example, seed + k)
+            pairs = viz.top_matches(tokens[0], tokens[1], top)
+            fractions.append(viz.ink_match_fraction(crops[0], crops[1], pairs, tokens.shape[1],
+                                                    tokens.shape[1], self.crops.mean, self.crops.std))
+        return float(np.mean(fractions))
