@@ -133,15 +133,14 @@ def ink_match_fraction(view_a: np.ndarray, view_b: np.ndarray, pairs: Sequence[t
     """The fraction of matched pairs (i in a, j in b) whose regions both fall on ink: the region of a
     token (its cell of the n-token grid over the view) holds a pixel >= `threshold` once the view is
     un-normalised to [0, 1]. Views (H, W, C) normalised; pairs as top_matches returns them."""
-    def on_ink(view: np.ndarray, n: int, idx: int) -> bool:
-        v = _to_display(np.asarray(view, np.float32)[None], mean, std)[0]
-        (gh, gw), (h, w) = _grid_of(n, *v.shape[:2]), v.shape[:2]
-        r, c = divmod(idx, gw)
-        cell = v[r * h // gh:(r + 1) * h // gh, c * w // gw:(c + 1) * w // gw]
-        return bool(cell.max() >= threshold)
+    def ink_cells(view: np.ndarray, n: int) -> np.ndarray:   # (n,) bool, row-major like the tokens
+        v = _to_display(np.asarray(view, np.float32)[None], mean, std)[0].max(axis=-1)
+        (gh, gw), (h, w) = _grid_of(n, *v.shape), v.shape
+        return v.reshape(gh, h // gh, gw, w // gw).max(axis=(1, 3)).reshape(-1) >= threshold
     if not pairs:
         raise ValueError("ink_match_fraction needs at least one matched pair.")
-    return float(np.mean([on_ink(view_a, n_a, i) and on_ink(view_b, n_b, j) for i, j, _ in pairs]))
+    ink_a, ink_b = ink_cells(view_a, n_a), ink_cells(view_b, n_b)
+    return float(np.mean([ink_a[i] and ink_b[j] for i, j, _ in pairs]))
 
 
 def correspondence_picture(view_a: np.ndarray, view_b: np.ndarray, tokens_a: np.ndarray,

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import (Block, Dtype, Initializer, check_images, dense_init, make_norm,
-                                   pair, patch_embed_init, resize_pos_embed, sincos_2d)
+from vit_jax.models import torch_init
+from vit_jax.models.layers import (Block, Dtype, check_images, dense_init, make_norm, pair,
+                                   patch_embed_init, resize_pos_embed, sincos_2d)
 from vit_jax.models.registry import register, register_pattern
 
 Array = jax.Array
@@ -47,17 +48,6 @@ class _ScanBlock(Block):
 
     def __call__(self, x: Array, rate: Array, train: bool = False) -> tuple[Array, None]:  # type: ignore[override]
         return super().__call__(x, train, rate), None
-
-
-# facebookresearch/dino's (and DeiT's) init: trunc_normal_(std=0.02) with its absolute bounds +-2
-# (practically untruncated) on Linear kernels, the class token and the position embedding.
-_TRUNC_002 = nn.initializers.truncated_normal(0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
-
-
-def _torch_conv_default(fan_in: int) -> Initializer:
-    """torch.nn.Conv2d's own init of weight and bias (kaiming_uniform(a=sqrt 5)): U(+-1/sqrt(fan_in))."""
-    bound = float(fan_in) ** -0.5
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class ViT(nn.Module):
@@ -150,9 +140,10 @@ class ViT(nn.Module):
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d, p = self.width, pair(self.patch_size)
-        if self.weight_init == "dino":
-            conv = _torch_conv_default(p[0] * p[1] * self.in_channels)
-            dense, token, conv_kw = _TRUNC_002, _TRUNC_002, dict(kernel_init=conv, bias_init=conv)
+        if self.weight_init == "dino":   # facebookresearch/dino's: its _init_weights leaves the conv to torch
+            dense, token = torch_init.trunc_normal_002, torch_init.trunc_normal_002
+            conv_kw = dict(kernel_init=torch_init.default_kernel,
+                           bias_init=torch_init.default_bias(p[0] * p[1] * self.in_channels))
         else:
             dense, token, conv_kw = dense_init, nn.initializers.normal(0.02), dict(kernel_init=patch_embed_init)
         self.embedding = nn.Conv(d, p, strides=p, padding="VALID", use_bias=self.patch_bias,
