@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import torch_init
+from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal_002
 from vit_jax.models.layers import Dtype
 
 Array = jax.Array
@@ -32,7 +32,7 @@ class WeightNormLinear(nn.Module, kw_only=True):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        v = self.param("v", torch_init.default_kernel, (x.shape[-1], self.out_dim), self.param_dtype)
+        v = self.param("v", default_kernel, (x.shape[-1], self.out_dim), self.param_dtype)
         w = v / jnp.maximum(jnp.linalg.norm(v.astype(jnp.float32), axis=0, keepdims=True), 1e-12)
         if self.learn_scale:
             w = w * self.param("g", nn.initializers.ones, (self.out_dim,), self.param_dtype)
@@ -53,7 +53,7 @@ class DINOHead(nn.Module):
         if self.num_layers < 1:
             raise ValueError(f"DINOHead num_layers={self.num_layers} must be >= 1.")
         sizes = [self.hidden_dim] * (self.num_layers - 1) + [self.bottleneck_dim]
-        self.mlp = [nn.Dense(s, kernel_init=torch_init.trunc_normal_002, dtype=self.dtype,
+        self.mlp = [nn.Dense(s, kernel_init=trunc_normal_002, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              name=f"mlp_{i}") for i, s in enumerate(sizes)]
         self.last_layer = WeightNormLinear(out_dim=self.out_dim, learn_scale=not self.norm_last_layer,

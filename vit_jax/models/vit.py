@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import torch_init
+from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal_002
 from vit_jax.models.layers import (Block, Dtype, check_images, dense_init, make_norm, pair,
                                    patch_embed_init, resize_pos_embed, sincos_2d)
 from vit_jax.models.registry import register, register_pattern
@@ -141,9 +141,9 @@ class ViT(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d, p = self.width, pair(self.patch_size)
         if self.weight_init == "dino":   # facebookresearch/dino's: its _init_weights leaves the conv to torch
-            dense, token = torch_init.trunc_normal_002, torch_init.trunc_normal_002
-            conv_kw = dict(kernel_init=torch_init.default_kernel,
-                           bias_init=torch_init.default_bias(p[0] * p[1] * self.in_channels))
+            dense, token = trunc_normal_002, trunc_normal_002
+            conv_kw = dict(kernel_init=default_kernel,
+                           bias_init=default_bias(p[0] * p[1] * self.in_channels))
         else:
             dense, token, conv_kw = dense_init, nn.initializers.normal(0.02), dict(kernel_init=patch_embed_init)
         self.embedding = nn.Conv(d, p, strides=p, padding="VALID", use_bias=self.patch_bias,
