@@ -9,6 +9,13 @@ It explains why the official DINO code and ours started (and, when DINO collapse
 different k-NN on the same data until configs/mnist5k/esvit.py took DINO's init: README's
 small-data table, the DINO cross-check. Same k-NN as the `knn` evaluator (weighted cosine,
 T = 0.07, 4,000 train digits as memory, 1,000 test digits as queries), three seeds each.
+
+It also prints how much the network's output depends on its input at init (seed 0, 256 test
+digits): the mean cosine between the class tokens of two different digits, and, through a fresh
+DINO head (1,024 prototypes, hidden 512, bottleneck 128, as configs/mnist5k/esvit.py), the spread
+of each prototype's logit over the digits (what survives the centring) beside the spread over the
+prototypes of one digit (what the centring removes). Divided by the teacher temperature, the
+first is what the teacher's targets can tell digits apart by.
 """
 import jax
 import jax.numpy as jnp
@@ -18,12 +25,24 @@ from vit_jax import models
 from vit_jax.config_base import MNIST5K_MODEL
 from vit_jax.data import mnist5k
 from vit_jax.evaluate.knn import knn_predict
+from vit_jax.models.dino_head import DINOHead
 
 
 def data(split):
     s = mnist5k(split)
     x = np.stack([np.asarray(s[i]["image"], np.float32) for i in range(len(s))]) / 255.0
     return (x - 0.1307) / 0.3081, np.asarray([int(s[i]["label"]) for i in range(len(s))])
+
+
+def input_dependence(model, params, x) -> str:
+    f = np.asarray(model.apply({"params": params}, jnp.asarray(x))[0])
+    unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+    cos = (unit @ unit.T)[~np.eye(len(f), dtype=bool)]
+    head = DINOHead(out_dim=1024, hidden_dim=512, bottleneck_dim=128)
+    logits = np.asarray(head.apply(head.init(jax.random.key(1), jnp.asarray(f)), jnp.asarray(f)))
+    over_digits = (logits - logits.mean(0, keepdims=True)).std(0).mean()
+    return (f"class-token cosine between digits {cos.mean():.3f} (min {cos.min():.3f}); head logit std "
+            f"over digits {over_digits:.4f}, over prototypes {logits.std(1).mean():.4f}")
 
 
 def main():
@@ -40,6 +59,8 @@ def main():
             pred = knn_predict(feats(xtr), ytr, feats(xte), 10, (10, 20), 0.07)
             print(f"weight_init={weight_init} seed {seed}:",
                   {f"top1_k{k}": round(float(np.mean(v == yte)), 3) for k, v in pred.items()})
+            if seed == 0:
+                print("   ", input_dependence(model, p, xte[:256]))
 
 
 if __name__ == "__main__":

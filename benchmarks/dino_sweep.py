@@ -57,10 +57,13 @@ RUNS: dict[str, dict] = {
     "remedy_no_local": {**REMEDY, "esvit.num_local": 0},
     "remedy_koleo05": {**REMEDY, "esvit.koleo_weight": 0.5},
     "remedy_gap_out256_lr2e-3": {**REMEDY, "model.pool": "gap", "esvit.out_dim": 256, "optim.lr": 2e-3},
+    "mim": {"esvit.mim_weight": 1.0},
+    "mim_remedy": {**REMEDY, "esvit.mim_weight": 1.0},
 }
 
 
-def command(arg: str, overrides: dict, workdir: str, epochs: float, workers: int, smoke: bool) -> list[str]:
+def command(arg: str, overrides: dict, workdir: str, epochs: float, workers: int, smoke: bool,
+            eval_every: float = 0) -> list[str]:
     cmd = [sys.executable, "-m", "vit_jax.main", "--config", f"configs/mnist5k/esvit.py:{arg}",
            "--workdir", workdir, f"--config.num_epochs={epochs}", f"--config.data.workers={workers}",
            "--config.progress=False", "--config.tensorboard=False", "--config.log_every=31"]
@@ -68,7 +71,7 @@ def command(arg: str, overrides: dict, workdir: str, epochs: float, workers: int
         cmd += ["--config.total_steps=3", "--config.optim.warmup_steps=1", "--config.eval_every=3",
                 "--config.checkpoint_every=3", "--config.esvit.freeze_last_layer_epochs=0"]
     else:
-        every = max(epochs / 4, 1.0)
+        every = eval_every or max(epochs / 4, 1.0)
         cmd += [f"--config.eval_every_epochs={every}", f"--config.checkpoint_every_epochs={epochs}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
     return cmd
@@ -100,7 +103,7 @@ def summarise(workdir: str) -> dict:
 def run_one(name: str, arg: str, overrides: dict, out: str, epochs: float, workers: int, smoke: bool,
             deadline: float) -> dict:
     workdir = os.path.join(out, "runs", name)
-    cmd = command(arg, overrides, workdir, epochs, workers, smoke)
+    cmd = command(arg, overrides, workdir, epochs, workers, smoke, EVAL_EVERY)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
     t0 = time.time()
     status = "done"
@@ -138,6 +141,7 @@ def run_all(jobs: list[tuple], args, deadline: float) -> list[dict]:
 
 START = time.time()
 RESULTS = ""
+EVAL_EVERY = 0.0
 
 
 def main() -> None:
@@ -152,10 +156,12 @@ def main() -> None:
     p.add_argument("--no_stage2", action="store_true")
     p.add_argument("--deadline_s", type=float, default=1e9)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--eval_every_epochs", type=float, default=0, help="default: a quarter of the run")
     p.add_argument("--results", default="", help="results file (default: OUT/results.jsonl)")
     args = p.parse_args()
-    global RESULTS
+    global RESULTS, EVAL_EVERY
     RESULTS = args.results or os.path.join(args.out, "results.jsonl")
+    EVAL_EVERY = args.eval_every_epochs
     deadline = START + args.deadline_s
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     names = args.only.split(",") if args.only else list(RUNS)

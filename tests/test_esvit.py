@@ -234,3 +234,86 @@ def test_ink_match_fraction_closed_form():
     assert viz.ink_match_fraction(a, b, [(0, 3, 1.0)], 16, 4) == 0.0          # 4 x 4 grid: cell 0 is empty
     with pytest.raises(ValueError, match="pair"):
         viz.ink_match_fraction(a, b, [], 4, 4)
+
+
+# ------------------------------------------------------------------ iBOT's masked patch target
+
+def test_masked_patch_loss_closed_form():
+    """Per crop and image: the mean CE over its masked patches (0 when none), then the batch mean,
+    then the mean over the crops; written out with explicit loops."""
+    from vit_jax.objectives import dino_losses
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
+    t = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
+    q = np.exp(t) / np.exp(t).sum(-1, keepdims=True)
+    mask = rng.random((2, 3, 5)) < 0.5
+    mask[1, 2] = False                      # an unmasked crop adds 0 to its batch mean
+    tau = 0.1
+    want = 0.0
+    for v in range(2):
+        per_image = []
+        for b in range(3):
+            logp = s[v, b] / tau - np.log(np.exp(s[v, b] / tau).sum(-1, keepdims=True))
+            ce = -(q[v, b] * logp).sum(-1)
+            per_image.append(ce[mask[v, b]].sum() / max(mask[v, b].sum(), 1))
+        want += np.mean(per_image) / 2
+    got = dino_losses.masked_patch_loss(jnp.asarray(s), jnp.asarray(q), jnp.asarray(mask), tau)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_vit_mask_token_replaces_masked_patch_embeddings():
+    from vit_jax import models
+    vit = models.create("vit_tiny_patch2_8", num_classes=0, width=16, depth=1, num_heads=2, mlp_dim=32,
+                        in_channels=1, image_size=8)
+    images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    params = vit.init(jax.random.key(1), images)["params"]
+    token = jnp.full((1, 1, 16), 3.0)
+    mask = jnp.zeros((2, 16), bool).at[0, 5].set(True).at[1, 0].set(True)
+    plain, _ = vit.apply({"params": params}, images, method=vit.embed)
+    masked, _ = vit.apply({"params": params}, images, patch_mask=mask, mask_token=token, method=vit.embed)
+    pos = vit.apply({"params": params}, (4, 4), method=vit.pos_embed_for)[:, 1:]
+    np.testing.assert_allclose(masked[0, 5], 3.0 + pos[0, 5], rtol=1e-6)
+    np.testing.assert_allclose(masked[1, 0], 3.0 + pos[0, 0], rtol=1e-6)
+    keep = ~np.asarray(mask)
+    np.testing.assert_array_equal(np.asarray(masked)[keep], np.asarray(plain)[keep])
+    # nothing masked: the plain forward
+    out0, _ = vit.apply({"params": params}, images)
+    out1, _ = vit.apply({"params": params}, images, patch_mask=jnp.zeros((2, 16), bool), mask_token=token)
+    np.testing.assert_allclose(out1, out0, rtol=1e-6)
+    with pytest.raises(ValueError, match="mask_token"):
+        vit.apply({"params": params}, images, patch_mask=mask, method=vit.embed)
+
+
+def test_ibot_masks_loss_and_gradient_to_the_mask_token():
+    cfg = esvit_config(region=False, mim_weight=1.0, mim_prob=1.0, mim_ratio=(0.25, 0.5), mim_min_block=2)
+    plan, obj, b, params, extra = fresh(cfg)
+    mask = np.asarray(b["mim_mask"])
+    assert mask.shape == (16, 2, 16) and mask.dtype == bool        # 8-px crops, 2-px patches
+    counts = mask.sum(-1)
+    assert counts.min() >= 4 and counts.max() <= 8                  # 25-50% of 16, every crop masked
+    assert params["mask_token"].shape == (1, 1, 16) and not np.asarray(params["mask_token"]).any()
+    loss, (metrics, new_extra) = jax.jit(obj.loss)(params, extra, b, jax.random.key(1), jnp.int32(0))
+    assert np.isfinite(float(metrics["mim_loss"])) and float(metrics["mim_loss"]) > 0
+    np.testing.assert_allclose(float(loss), float(metrics["view_loss"]) + float(metrics["mim_loss"]), rtol=1e-5)
+    assert np.abs(np.asarray(new_extra["center_patch"])).sum() > 0
+    assert {"patch/teacher_entropy", "patch/center_norm"} <= set(metrics)
+    g = jax.grad(lambda p: obj.loss(p, extra, b, jax.random.key(1), jnp.int32(0))[0])(params)
+    assert np.asarray(g["mask_token"]).any()
+    # mim_prob 0: no crop is masked, the patch term is 0 and the loss is DINO's
+    cfg0 = esvit_config(region=False, mim_weight=1.0, mim_prob=0.0)
+    _, obj0, b0, p0, e0 = fresh(cfg0)
+    assert not np.asarray(b0["mim_mask"]).any()
+    loss0, (m0, _) = jax.jit(obj0.loss)(p0, e0, b0, jax.random.key(1), jnp.int32(0))
+    assert float(m0["mim_loss"]) == 0.0 and float(loss0) == pytest.approx(float(m0["view_loss"]))
+
+
+def test_bad_ibot_configs():
+    with pytest.raises(ConfigError, match="choose one patch-level loss"):
+        validate(esvit_config(region=True, mim_weight=1.0))
+    with pytest.raises(ConfigError, match="mim_ratio"):
+        validate(esvit_config(region=False, mim_weight=1.0, mim_ratio=(0.5, 0.2)))
+    cfg = esvit_config(region=False, mim_weight=1.0)
+    cfg.model_name = "swin_tiny_patch4_window7_224"
+    cfg.model = dict(patch_size=2, window_size=2, width=16, depths=(1, 1), num_heads=(2, 2))
+    with pytest.raises(ConfigError, match="needs a ViT backbone"):
+        validate(cfg)

@@ -44,19 +44,13 @@ class MaskedFeatureStudent(nn.Module):
         """images (B, H, W, C), patch_mask (B, L) bool (True = masked) -> (B, L, target_dim) f32."""
         enc = self.encoder
         grid = enc._check_images(images)
-        tokens, cls = enc.embed(images, with_pos=False)
-        if patch_mask.shape != tokens.shape[:2]:
+        expected = (images.shape[0], grid[0] * grid[1])
+        if patch_mask.shape != expected:
             raise ValueError(f"patch_mask has shape {patch_mask.shape}; the images have "
-                             f"{tokens.shape[1]} patches ({grid[0]}x{grid[1]}): expected "
-                             f"{tokens.shape[:2]}.")
-        w = patch_mask[..., None].astype(tokens.dtype)
-        tokens = tokens * (1 - w) + self.mask_token.astype(tokens.dtype) * w
-        pos = enc.pos_embed_for(grid).astype(tokens.dtype)
-        prefix = enc.num_prefix_tokens
-        x = tokens + pos[:, prefix:]
-        if cls is not None:
-            x = jnp.concatenate([cls + pos[:, :prefix], x], axis=1)
-        x = enc.encode(x, train)[:, prefix:]
+                             f"{expected[1]} patches ({grid[0]}x{grid[1]}): expected {expected}.")
+        tokens, cls = enc.embed(images, patch_mask=patch_mask, mask_token=self.mask_token)
+        x = tokens if cls is None else jnp.concatenate([cls, tokens], axis=1)
+        x = enc.encode(x, train)[:, enc.num_prefix_tokens:]
         return self.head(x).astype(jnp.float32)
 
 

@@ -201,17 +201,26 @@ class ViT(nn.Module):
             return jnp.asarray(sincos_2d(grid[0], grid[1], d, cls_token=self.class_token))
         return jnp.zeros((1, prefix + grid[0] * grid[1], d), jnp.float32)
 
-    def embed(self, images: Array, with_pos: bool = True) -> tuple[Array, Array | None]:
+    def embed(self, images: Array, with_pos: bool = True, patch_mask: Array | None = None,
+              mask_token: Array | None = None) -> tuple[Array, Array | None]:
         """images (B, H, W, C) -> (patch tokens (B, h*w, D), cls token (B, 1, D) or None).
 
         Both carry their position embedding unless with_pos=False (then add
-        `pos_embed_for(grid)` yourself, e.g. after replacing masked tokens by a mask token).
-        Tokens are row-major over the patch grid, in the compute dtype.
+        `pos_embed_for(grid)` yourself). patch_mask (B, h*w) bool with mask_token (1, 1, D): the
+        embeddings of masked patches are replaced by the mask token before the position
+        embedding is added (BEiT, iBOT, EVA). Tokens are row-major over the patch grid, in the
+        compute dtype.
         """
         gh, gw = self._check_images(images)
         x = self.embedding(images.astype(self.dtype))
         b, d = x.shape[0], x.shape[-1]
         x = x.reshape(b, gh * gw, d)
+        if patch_mask is not None:
+            if mask_token is None or patch_mask.shape != (b, gh * gw):
+                raise ValueError(f"patch_mask {getattr(patch_mask, 'shape', None)} needs a mask_token and "
+                                 f"the shape (B, h*w) = {(b, gh * gw)} of these images' patches")
+            w = patch_mask[..., None].astype(x.dtype)
+            x = x * (1 - w) + mask_token.astype(x.dtype) * w
         pos = self.pos_embed_for((gh, gw)).astype(x.dtype) if with_pos else None
         if pos is not None:
             x = x + pos[:, self.num_prefix_tokens:]
@@ -240,10 +249,12 @@ class ViT(nn.Module):
             x = self.norm(x)
         return x
 
-    def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict[str, Any]]:
-        """images (B, H, W, C) -> (logits (B, K) | features (B, D), aux); see module docstring."""
+    def __call__(self, images: Array, train: bool = False, patch_mask: Array | None = None,
+                 mask_token: Array | None = None) -> tuple[Array, dict[str, Any]]:
+        """images (B, H, W, C) -> (logits (B, K) | features (B, D), aux); see module docstring.
+        patch_mask / mask_token: masked patches, as in `embed` (iBOT's masked student)."""
         grid = self._check_images(images)
-        tokens, cls = self.embed(images)
+        tokens, cls = self.embed(images, patch_mask=patch_mask, mask_token=mask_token)
         x = tokens if cls is None else jnp.concatenate([cls, tokens], axis=1)
         x = self.encode(x, train)
         if self.pool == "token":

@@ -59,15 +59,17 @@ def init_module(module: nn.Module, rng: jax.Array, images: jax.Array) -> tuple[P
 
 
 def apply_module(module: nn.Module, params: Params, collections: dict, images: jax.Array, train: bool,
-                 rng: jax.Array | None = None) -> tuple[jax.Array, dict, dict]:
+                 rng: jax.Array | None = None, **kwargs: Any) -> tuple[jax.Array, dict, dict]:
     """`module` on images with {"params": params, **collections} -> (out, aux, new collections);
-    in training the collections (BatchNorm statistics) are updated from the batch."""
+    in training the collections (BatchNorm statistics) are updated from the batch. kwargs go to
+    the module's call (e.g. a ViT's patch_mask and mask_token)."""
     variables = {"params": params, **collections}
     rngs = {"dropout": rng} if rng is not None else {}
     if train and collections:
-        (out, aux), new = module.apply(variables, images, train=True, rngs=rngs, mutable=list(collections))
+        (out, aux), new = module.apply(variables, images, train=True, rngs=rngs, mutable=list(collections),
+                                       **kwargs)
         return out, aux, dict(new)
-    out, aux = module.apply(variables, images, train=train, rngs=rngs)
+    out, aux = module.apply(variables, images, train=train, rngs=rngs, **kwargs)
     return out, aux, collections
 
 

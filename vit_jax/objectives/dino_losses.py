@@ -14,7 +14,9 @@ of a batch-sharded array is the global mean, so the centers agree on every devic
 
 Remedies for collapse that are not in the DINO / EsViT papers (options, off in the faithful
 recipe): Sinkhorn-Knopp teacher targets instead of centering (DINOv2, `sinkhorn_iters > 0`) and
-the KoLeo regulariser on the student's pooled features (DINOv2, `koleo_loss`).
+the KoLeo regulariser on the student's pooled features (DINOv2, `koleo_loss`), and iBOT's masked
+patch target (`masked_patch_loss`: the student sees its global crops with masked patches and
+predicts the teacher's patch distributions there).
 """
 from __future__ import annotations
 
@@ -155,6 +157,21 @@ def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: f
                 total += view
             pairs += 1
     return total / pairs, {"view": views / pairs, "region": grids / pairs if regions else jnp.zeros(())}
+
+
+def masked_patch_loss(student_patch: Array, teacher_patch_probs: Array, mask: Array, tau_s: float) -> Array:
+    """iBOT's masked-image-modelling term (Zhou et al. 2022), the mean over the global crops v of
+
+        mean_b [ sum_{i masked in (v, b)} CE(q_t[v, b, i], s[v, b, i]) / max(#masked in (v, b), 1) ]
+
+    student_patch (V, B, L, K): patch logits of the student's MASKED crops; teacher_patch_probs
+    (V, B, L, K): the teacher's centred, sharpened targets on the same crops unmasked (position by
+    position: the same crop, not the other one, as iBOT pairs them); mask (V, B, L) bool. A crop
+    without masked patches adds 0 to its batch mean."""
+    ce = _cross_entropy(teacher_patch_probs, student_patch, tau_s)                 # (V, B, L)
+    m = mask.astype(jnp.float32)
+    per_crop = jnp.sum(ce * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)    # (V, B)
+    return jnp.mean(jnp.mean(per_crop, axis=-1))
 
 
 # ------------------------------------------------------------------------------ diagnostics

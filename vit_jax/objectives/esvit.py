@@ -30,10 +30,11 @@ import ml_collections as mlc
 import numpy as np
 
 from vit_jax import durations, models, viz
-from vit_jax.data import multicrop
+from vit_jax.data import masking, multicrop
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.dino_head import DINOHead
+from vit_jax.models.vit import ViT
 from vit_jax.objectives import dino_losses as losses
 from vit_jax.objectives.base import (Batch, Extra, Objective, Params, apply_module, backbone_kwargs,
                                      init_module, no_head)
@@ -66,6 +67,10 @@ class EsViT(Objective):
         # remedies for collapse from DINOv2, not in the DINO / EsViT papers (0 = off, faithful)
         sinkhorn_iters=0,                # > 0: Sinkhorn-Knopp teacher targets instead of centering
         koleo_weight=0.0,                # KoLeo on the student's pooled features of each global crop
+        # iBOT's masked patch target (ViT only; not with region): weight of the patch term (0 = off);
+        # each global crop is masked with probability mim_prob, a fraction U(mim_ratio) of its
+        # patches in blocks of >= mim_min_block (DINOv2's 0.5 and (0.1, 0.5))
+        mim_weight=0.0, mim_prob=0.5, mim_ratio=(0.1, 0.5), mim_min_block=4,
     )
     backbone_key = ("backbone",)
     weight_decay_rule = "dino"  # all but biases and 1-D tensors (dino's get_params_groups)
@@ -103,7 +108,12 @@ class EsViT(Objective):
         # neither decays nor moves them, and their Adam step count starts at the unfreeze
         freeze = int(math.ceil(float(self.cfg.freeze_last_layer_epochs) * self.steps_per_epoch))
         self.held = ("(head|region_head)/last_layer/", freeze) if freeze > 0 else None
+        self.mim = float(e.mim_weight) > 0
         self._check()
+        if self.mim:   # the global crops' patch grid
+            p = self.backbone.patch_size
+            self.mim_grid = (int(e.global_size) // (p if isinstance(p, int) else p[0]),
+                             int(e.global_size) // (p if isinstance(p, int) else p[1]))
 
     # ------------------------------------------------------------------ checks and data
     def _check(self) -> None:
@@ -123,19 +133,43 @@ class EsViT(Objective):
             raise ValueError("esvit.momentum_teacher must be in [0, 1] and esvit.center_momentum in [0, 1).")
         if e.warmup_teacher_temp_epochs < 0 or e.freeze_last_layer_epochs < 0:
             raise ValueError("esvit.warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0.")
-        if int(e.sinkhorn_iters) < 0 or float(e.koleo_weight) < 0:
-            raise ValueError("esvit.sinkhorn_iters and esvit.koleo_weight must be >= 0 (0: off).")
+        if int(e.sinkhorn_iters) < 0 or float(e.koleo_weight) < 0 or float(e.mim_weight) < 0:
+            raise ValueError("esvit.sinkhorn_iters, esvit.koleo_weight and esvit.mim_weight must be >= 0 (0: off).")
+        if float(e.mim_weight) > 0:
+            if not isinstance(self.backbone, ViT):
+                raise ValueError(f"esvit.mim_weight > 0 (iBOT's masked patches) needs a ViT backbone, not "
+                                 f"{type(self.backbone).__name__}: set esvit.mim_weight=0.")
+            if e.region:
+                raise ValueError("esvit.mim_weight > 0 and esvit.region: choose one patch-level loss "
+                                 "(iBOT's masked patches or EsViT's region matching).")
+            lo, hi = tuple(e.mim_ratio)
+            if not (0 < lo <= hi < 1 and 0 <= float(e.mim_prob) <= 1 and int(e.mim_min_block) >= 1):
+                raise ValueError(f"esvit.mim_ratio={tuple(e.mim_ratio)} must be (low, high) with 0 < low <= high "
+                                 f"< 1, esvit.mim_prob in [0, 1], esvit.mim_min_block >= 1.")
 
     def prepare_example(self, example: dict, rng: np.random.Generator) -> dict:
         crops = multicrop.multi_crop(np.asarray(example["image"]), rng, self.crops)
         out = {k: v for k, v in example.items() if k != "image"}
         out.update(global_crops=crops["global"], local_crops=crops["local"])
+        if self.mim:
+            out["mim_mask"] = self._mim_masks(rng)
         return out
 
+    def _mim_masks(self, rng: np.random.Generator) -> np.ndarray:
+        """(2, h*w) bool: each global crop's masked patches (none with probability 1 - mim_prob)."""
+        e, (h, w) = self.cfg, self.mim_grid
+        masks = np.zeros((2, h * w), bool)
+        for v in range(2):
+            if rng.random() < float(e.mim_prob):
+                count = int(round(rng.uniform(*tuple(e.mim_ratio)) * h * w))
+                if count:
+                    masks[v] = masking.block_mask((h, w), count, rng, int(e.mim_min_block)).reshape(-1)
+        return masks
+
     # ------------------------------------------------------------------ networks
-    def _backbone(self, model, params, stats, images, train, rng=None):
+    def _backbone(self, model, params, stats, images, train, rng=None, **kwargs):
         """-> (pooled (B, D), patch tokens (B, T, D), new stats (CvT's BatchNorm))."""
-        out, aux, stats = apply_module(model, params, stats, images, train, rng)
+        out, aux, stats = apply_module(model, params, stats, images, train, rng, **kwargs)
         tokens = aux["encoded"][:, aux["encoded"].shape[1] - _token_count(aux):]
         return out.astype(jnp.float32), tokens, stats
 
@@ -159,9 +193,13 @@ class EsViT(Objective):
         params["head"] = self.head.init(r_h, pooled)["params"]
         if self.region_head is not None:
             params["region_head"] = self.region_head.init(r_r, tokens)["params"]
+        if self.mim:   # iBOT's masked_embed: zeros, (1, 1, D)
+            params["mask_token"] = jnp.zeros((1, 1, tokens.shape[-1]), jnp.float32)
         k = int(self.cfg.out_dim)
         extra = {"ema_teacher": {"params": params, "stats": stats}, "stats": stats,
                  "center": jnp.zeros((1, k), jnp.float32), "center_grid": jnp.zeros((1, k), jnp.float32)}
+        if self.mim:
+            extra["center_patch"] = jnp.zeros((1, k), jnp.float32)
         return params, extra
 
     def _crop_major(self, crops: Array) -> Array:
@@ -184,9 +222,13 @@ class EsViT(Objective):
         t_view, t_tokens = t_view.reshape(2, b, -1), t_tokens.reshape((2, b) + t_tokens.shape[1:])
         t_view, t_tokens = jax.lax.stop_gradient(t_view), jax.lax.stop_gradient(t_tokens)
 
-        # student: global crops, then local crops (two resolutions, two calls)
+        # student: global crops (with iBOT, masked), then local crops (two resolutions, two calls)
+        masked = {}
+        if self.mim:
+            masked = dict(patch_mask=batch["mim_mask"].swapaxes(0, 1).reshape(2 * b, -1),
+                          mask_token=params["mask_token"])
         s_pooled, s_tokens, stats = self._backbone(self.backbone, params["backbone"], extra["stats"],
-                                                   self._crop_major(g), True, rng_g)
+                                                   self._crop_major(g), True, rng_g, **masked)
         s_view, s_region = self._heads(params, s_pooled, s_tokens)
         views = [s_view.reshape(2, b, -1)]
         region_list = feat_list = None
@@ -216,9 +258,14 @@ class EsViT(Objective):
             koleo = sum(losses.koleo_loss(p) for p in s_pooled.reshape((2, b, -1)))
             metrics["koleo"] = koleo
             loss = loss + float(e.koleo_weight) * koleo
+        if self.mim:   # iBOT: the shared head on every patch token, the same crop's teacher targets
+            loss, metrics, extra_patch = self._mim_term(params, teacher, s_tokens, t_tokens, batch["mim_mask"],
+                                                        extra["center_patch"], tau_t, loss, metrics)
         new_extra = dict(extra, stats=stats,
                          ema_teacher=dict(extra["ema_teacher"], stats=jax.lax.stop_gradient(t_stats)),
                          center=losses.update_center(extra["center"], t_view, float(e.center_momentum)))
+        if self.mim:
+            new_extra["center_patch"] = extra_patch
         if regions:
             new_extra["center_grid"] = losses.update_center(extra["center_grid"], t_region_2,
                                                             float(e.center_momentum))
@@ -233,6 +280,24 @@ class EsViT(Objective):
                 jax.lax.stop_gradient(jnp.stack(region_list[:2])), t_region_2, extra["center_grid"],
                 float(e.student_temp), tau_t, kl=False, sinkhorn_iters=sk).items()})
         return loss, (metrics, new_extra)
+
+    def _mim_term(self, params, teacher, s_tokens, t_tokens, mask, center, tau_t, loss, metrics):
+        """iBOT's masked patch term added to the loss: -> (loss, metrics, the updated patch centre)."""
+        e, b = self.cfg, mask.shape[0]
+        s_patch = self.head.apply({"params": params["head"]}, s_tokens)                   # (2B, L, K)
+        s_patch = s_patch.reshape((2, b) + s_patch.shape[1:])
+        t_patch = jax.lax.stop_gradient(self.head.apply({"params": teacher["params"]["head"]}, t_tokens))
+        sk = int(e.sinkhorn_iters)
+        q = losses.teacher_probs(t_patch, center, tau_t, sk)
+        mask = mask.swapaxes(0, 1)                                                       # (2, B, L)
+        mim = losses.masked_patch_loss(s_patch, q, mask, float(e.student_temp))
+        metrics = dict(metrics, mim_loss=mim, mim_masked=jnp.mean(mask.astype(jnp.float32)))
+        metrics.update({f"patch/{k}": v for k, v in losses.collapse_diagnostics(
+            jax.lax.stop_gradient(s_patch), t_patch, center, float(e.student_temp), tau_t, kl=False,
+            sinkhorn_iters=sk).items()})
+        loss = loss + float(e.mim_weight) * mim
+        metrics["loss"] = loss
+        return loss, metrics, losses.update_center(center, t_patch, float(e.center_momentum))
 
     def after_update(self, params: Params, extra: Extra, step: jax.Array) -> Extra:
         m = losses.ema_momentum(step, self.total_steps, float(self.cfg.momentum_teacher))
