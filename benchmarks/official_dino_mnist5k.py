@@ -43,7 +43,7 @@ How the official code runs without torch.distributed / CUDA (process-local shims
     * utils.setup_for_distributed(True) is called as in init_distributed_mode, so the official
       `print(..., force=True)` (non-finite loss path) works.
 
-Command line (full run, our current recipe = the defaults):
+Command line (full run; the defaults are configs/mnist5k/esvit.py:v,vit,faithful's recipe):
     mkdir -p /tmp/dino_official && \
       git -C /work/.mirror/facebookresearch+dino/repo archive HEAD -- '*.py' | tar -x -C /tmp/dino_official
     ('*.py' skips the .github/*.png blobs the mirror lacks; an "invalid object" line is harmless)

@@ -19,7 +19,8 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
          ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
-         ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"), ("imagenet/esvit.py", "tiny")]
+         ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"),
+         ("mnist5k/esvit.py", "v,vit,faithful"), ("imagenet/esvit.py", "tiny")]
 
 
 def load(path, arg):

@@ -13,6 +13,9 @@ State: params = {"backbone", "head"[, "region_head"]}; extra = {"ema_teacher": {
 functions of the step: teacher temperature (per epoch), EMA momentum (cosine, per step).
 The heads' last layers are held still by the optimizer during the first
 esvit.freeze_last_layer_epochs (the `held` declaration, torch's skip of a parameter without gradient).
+Options not in the papers (off by default): DINOv2's Sinkhorn-Knopp targets and KoLeo, and iBOT's
+masked patch target (esvit.mim_weight, ViT only: masks drawn in prepare_example as "mim_mask",
+params["mask_token"], extra["center_patch"]; `_mim_term`).
 Multi-crop happens on the host (prepare_example, vit_jax/data/multicrop.py): data.train_transform
 must end with normalize('none') (pixels in [0, 1]); the crops are normalised with esvit.pixel_stats.
 Evaluation reads the EMA teacher's backbone (`backbone_variables`): configs name a "knn"
