@@ -363,3 +363,43 @@ def test_small_images_are_fast():
             ts.append(time.perf_counter() - t0)
         medians.append(np.median(ts))
     assert min(medians) < 5e-3, medians
+
+
+# ---------------------------------------------------------------------------------- shape ops
+def _dot(h=9, w=9, x=4, y=4):
+    a = np.zeros((h, w), np.uint8)
+    a[y, x] = 255
+    return Image.fromarray(a)
+
+
+@pytest.mark.parametrize("angle,shear,src,dst", [
+    (90.0, 0.0, (7, 4), (4, 7)),      # (x, y) -> (-y, x) about the centre (4, 4): y points down
+    (0.0, 45.0, (4, 6), (6, 6)),      # x' = x + tan(45) y
+    (0.0, 0.0, (2, 3), (2, 3)),
+])
+def test_rotate_shear_moves_a_pixel_where_the_matrix_says(angle, shear, src, dst):
+    out = np.asarray(M._rotate_shear(_dot(x=src[0], y=src[1]), angle, shear))
+    assert np.unravel_index(np.argmax(out), out.shape) == (dst[1], dst[0])
+    assert out.max() >= 253 and abs(int(out.sum()) - 255) <= 2   # integer moves: exact up to rounding
+
+
+def test_shape_ops_are_off_by_default_and_deterministic_when_on():
+    img = np.zeros((28, 28, 1), np.uint8)
+    img[6:22, 12:16] = 255                               # a vertical stroke
+    base = dict(PLAIN, global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), mean=(0.0,), std=(1.0,))
+    plain = M.multi_crop(img, _rng(3), M.MultiCropSpec(28, 28, 2, **base))
+    assert np.array_equal(plain["global"][0], plain["global"][1])       # full crops, no ops
+    spec = M.MultiCropSpec(28, 28, 2, **base, rotate=30.0, shear=20.0, morph_p=1.0)
+    a, b = M.multi_crop(img, _rng(3), spec), M.multi_crop(img, _rng(3), spec)
+    np.testing.assert_array_equal(a["global"], b["global"])
+    views = np.concatenate([a["global"], a["local"]])
+    assert not np.array_equal(views[0], views[1])
+    # the 3x3 max / min filter makes a stroke about 2 px wider / narrower (ink ~ 16 x 4 px)
+    ink = views.reshape(len(views), -1).sum(1)
+    assert ink.min() < 0.8 * plain["global"][0].sum() or ink.max() > 1.2 * plain["global"][0].sum()
+
+
+@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("shear", 91.0), ("morph_p", 1.5)])
+def test_shape_op_spec_errors(field, value):
+    with pytest.raises(ValueError, match=field):
+        M.MultiCropSpec(28, 12, 2, **{field: value})

@@ -4,7 +4,8 @@ One image becomes 2 "global" crops (large, scale (0.4, 1)) and N "local" crops (
 (0.05, 0.4)); the student sees all of them, the teacher only the global ones. Each crop goes
 through the DINO chain (the ops are in color_ops.py), in this order:
 
-    random resized crop (bicubic) -> horizontal flip (0.5)
+    random resized crop (bicubic) -> horizontal flip (0.5) [-> rotation / shear -> 3x3 max / min filter:
+    shape ops that are not DINO's, off by default]
     -> colour jitter (p 0.8; brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random order)
     -> grayscale (p 0.2) -> Gaussian blur (p 1.0 / 0.1 / 0.5 for global 1 / global 2 / locals)
     -> solarize (threshold 128; p 0 / 0.2 / 0)  -> normalize
@@ -49,7 +50,7 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from vit_jax.data import transforms
 from vit_jax.data.color_ops import as_uint8, coin, pil_blur, pil_grayscale, pil_jitter, solarize_lut
@@ -81,6 +82,13 @@ class MultiCropSpec:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of a 224 crop, see the module docstring
     solarize_p: tuple[float, float, float] = (0.0, 0.2, 0.0)
+    # Shape ops, not DINO's (0 = off): a random rotation in [-rotate, rotate] and shear in
+    # [-shear, shear] degrees about the crop's centre (fill 0), and with probability morph_p a 3x3
+    # max (thicker strokes) or min (thinner) filter, each half the time. For digits, where a
+    # crop's slant and stroke width tell instances apart without telling digits apart.
+    rotate: float = 0.0
+    shear: float = 0.0
+    morph_p: float = 0.0
     mean: tuple[float, ...] | str = "imagenet"
     std: tuple[float, ...] | None = None
 
@@ -114,7 +122,12 @@ class MultiCropSpec:
                 raise ValueError(f"MultiCropSpec.{name}={v!r}: give the (low, high) fraction of "
                                  f"the image area a crop covers, 0 < low <= high <= 1, "
                                  f"e.g. {example}")
-        for name in ("jitter_p", "gray_p"):
+        for name in ("rotate", "shear"):
+            v = getattr(self, name)
+            if not (_is_real(v) and 0 <= v <= 90):
+                raise ValueError(f"MultiCropSpec.{name}={v!r}: give the largest angle in degrees, "
+                                 "0 <= angle <= 90 (0 turns it off)")
+        for name in ("jitter_p", "gray_p", "morph_p"):
             v = getattr(self, name)
             if not _is_prob(v):
                 raise ValueError(f"MultiCropSpec.{name}={v!r}: a probability must lie in [0, 1]")
@@ -181,6 +194,19 @@ def _norm_tables(mean: tuple[float, ...], std: tuple[float, ...], c: int
     return table, solarized
 
 
+def _rotate_shear(im: Image.Image, angle: float, shear: float) -> Image.Image:
+    """Rotate by `angle` and shear x by `shear` degrees about the centre, bilinear, fill 0."""
+    a, t = math.radians(angle), math.tan(math.radians(shear))
+    # forward map: rotation R then shear S (x' = x + t y); PIL wants the inverse, output -> input
+    fwd = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array([[1.0, t], [0.0, 1.0]])
+    inv = np.linalg.inv(fwd)
+    cx, cy = im.width / 2, im.height / 2   # PIL: pixel i covers [i, i + 1)
+    off = np.array([cx, cy]) - inv @ np.array([cx, cy])
+    return im.transform(im.size, Image.Transform.AFFINE,
+                        (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
+                        resample=Image.Resampling.BILINEAR, fillcolor=0)
+
+
 def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple[float, float],
                   blur_p: float, solarize_p: float, sigma: tuple[float, float],
                   spec: MultiCropSpec, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -190,6 +216,11 @@ def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple
     im = src.resize((size, size), resample=Image.BICUBIC, box=(left, top, left + cw, top + ch))
     if spec.flip and rng.random() < 0.5:  # the draw of transforms.random_flip
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if spec.rotate or spec.shear:
+        im = _rotate_shear(im, rng.uniform(-spec.rotate, spec.rotate) if spec.rotate else 0.0,
+                           rng.uniform(-spec.shear, spec.shear) if spec.shear else 0.0)
+    if coin(rng, spec.morph_p):
+        im = im.filter(ImageFilter.MaxFilter(3) if rng.random() < 0.5 else ImageFilter.MinFilter(3))
     if coin(rng, spec.jitter_p):
         im = pil_jitter(im, rng, spec.brightness, spec.contrast, spec.saturation, spec.hue)
     if coin(rng, spec.gray_p):
