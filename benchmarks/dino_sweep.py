@@ -23,6 +23,8 @@ import sys
 import tarfile
 import time
 
+from vit_jax.metrics import read_jsonl
+
 # Every run changes what it names in the faithful recipe (configs/mnist5k/esvit.py's RECIPE
 # "faithful"); "remedy" is close to the shipped default ("remedies"), with teacher temperature 0.04.
 PAPER_TEACHER = {"esvit.warmup_teacher_temp": 0.04, "esvit.teacher_temp": 0.07,
@@ -80,14 +82,7 @@ def command(arg: str, overrides: dict, workdir: str, epochs: float, workers: int
 
 def summarise(workdir: str) -> dict:
     """Eval rows and the train rows at (or just before) each evaluated step, from metrics.jsonl."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    rows = []
-    if os.path.isfile(path):
-        for line in open(path):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))   # [] when the run wrote none
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     train = [r for r in rows if "train/loss" in r]
     keep = ("train/loss", "train/view/teacher_entropy", "train/view/teacher_batch_entropy",

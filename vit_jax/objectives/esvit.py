@@ -37,6 +37,7 @@ from vit_jax.data import masking, multicrop
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.dino_head import DINOHead
+from vit_jax.models.layers import pair
 from vit_jax.models.vit import ViT
 from vit_jax.objectives import dino_losses as losses
 from vit_jax.objectives.base import (Batch, Extra, Objective, Params, apply_module, backbone_kwargs,
@@ -117,9 +118,8 @@ class EsViT(Objective):
         self.mim = float(e.mim_weight) > 0
         self._check()
         if self.mim:   # the global crops' patch grid
-            p = self.backbone.patch_size
-            self.mim_grid = (int(e.global_size) // (p if isinstance(p, int) else p[0]),
-                             int(e.global_size) // (p if isinstance(p, int) else p[1]))
+            ph, pw = pair(self.backbone.patch_size)
+            self.mim_grid = (int(e.global_size) // ph, int(e.global_size) // pw)
 
     # ------------------------------------------------------------------ checks and data
     def _check(self) -> None:
