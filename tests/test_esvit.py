@@ -16,8 +16,10 @@ import pytest
 
 from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, objectives, optim, sharding, train, viz
+from vit_jax import checkpoint, models, objectives, optim, sharding, train, viz
 from vit_jax.data.pipeline import TrainPipeline
+from vit_jax.models.dino_head import DINOHead
+from vit_jax.objectives import dino_losses
 from vit_jax.runs import load_run
 from vit_jax.validate import ConfigError, validate
 
@@ -86,8 +88,6 @@ def test_crops_in_the_batch_and_loss_at_init_is_log_k():
 def test_full_size_dino_head_starts_near_log_65536():
     """DINO's head (2048 hidden, 256 bottleneck, 65,536 prototypes) on random features of 2 global
     + 4 local crops: the loss starts at about ln(65536) = 11.09."""
-    from vit_jax.models.dino_head import DINOHead
-    from vit_jax.objectives import dino_losses
     head = DINOHead()
     feats = jax.random.normal(jax.random.key(0), (6, 4, 96))
     feats = feats + 2.0 * jax.random.normal(jax.random.key(1), (1, 4, 96))  # crops of one image agree
@@ -241,7 +241,6 @@ def test_ink_match_fraction_closed_form():
 def test_masked_patch_loss_closed_form():
     """Per crop and image: the mean CE over its masked patches (0 when none), then the batch mean,
     then the mean over the crops; written out with explicit loops."""
-    from vit_jax.objectives import dino_losses
     rng = np.random.default_rng(0)
     s = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
     t = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
@@ -262,7 +261,6 @@ def test_masked_patch_loss_closed_form():
 
 
 def test_vit_mask_token_replaces_masked_patch_embeddings():
-    from vit_jax import models
     vit = models.create("vit_tiny_patch2_8", num_classes=0, width=16, depth=1, num_heads=2, mlp_dim=32,
                         in_channels=1, image_size=8)
     images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
