@@ -262,7 +262,24 @@ def test_shape_ops_are_off_by_default_and_deterministic_when_on():
     assert all(r > 1.3 or r < 0.7 for r in ratio) and ratio.max() > 1.3 and ratio.min() < 0.7, ratio
 
 
-@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("shear", 91.0), ("morph_p", 1.5)])
+def test_fractional_morph_strength_gives_stroke_widths_in_between():
+    img = np.zeros((28, 28, 1), np.uint8)
+    img[6:22, 12:16] = 255                               # a vertical stroke, 4 px wide
+    base = dict(PLAIN, global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), mean=(0.0,), std=(1.0,))
+    plain = M.multi_crop(img, _rng(3), M.MultiCropSpec(28, 28, 8, **base))["global"][0].sum()
+    spec = M.MultiCropSpec(28, 28, 8, **base, morph_p=1.0, morph_strength=(0.0, 1.0))
+    out = M.multi_crop(img, _rng(5), spec)
+    ratio = np.concatenate([out["global"], out["local"]]).reshape(10, -1).sum(1) / plain
+    # the max filter makes the 16 x 4 stroke 18 x 6 (ink x 108 / 64), the min filter 14 x 2 (x 28 / 64);
+    # a blend of weight t gives 1 + t * 44 / 64 or 1 - t * 36 / 64
+    lo, hi = 28 / 64, 108 / 64
+    assert np.all((ratio > lo - 1e-6) & (ratio < hi + 1e-6)), ratio
+    inside = (np.abs(ratio - 1) > 0.02) & (np.abs(ratio - lo) > 0.02) & (np.abs(ratio - hi) > 0.02)
+    assert inside.sum() >= 5 and ratio.max() > 1 > ratio.min(), ratio   # widths in between, both ways
+
+
+@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("shear", 91.0), ("morph_p", 1.5),
+                                         ("morph_strength", (0.5, 0.2)), ("morph_strength", (0.0, 1.5))])
 def test_shape_op_spec_errors(field, value):
     with pytest.raises(ValueError, match=field):
         M.MultiCropSpec(28, 12, 2, **{field: value})

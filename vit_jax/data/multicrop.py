@@ -89,6 +89,9 @@ class MultiCropSpec:
     rotate: float = 0.0
     shear: float = 0.0
     morph_p: float = 0.0
+    # the filter's weight, drawn U(lo, hi) per crop and blended with the crop (1 = the whole
+    # filter): fractional stroke widths leave no width that a crop can be matched by
+    morph_strength: tuple[float, float] = (1.0, 1.0)
     mean: tuple[float, ...] | str = "imagenet"
     std: tuple[float, ...] | None = None
 
@@ -131,6 +134,11 @@ class MultiCropSpec:
             v = getattr(self, name)
             if not _is_prob(v):
                 raise ValueError(f"MultiCropSpec.{name}={v!r}: a probability must lie in [0, 1]")
+        lo_hi = self.morph_strength
+        if not (isinstance(lo_hi, tuple) and len(lo_hi) == 2 and all(_is_prob(x) for x in lo_hi)
+                and lo_hi[0] <= lo_hi[1]):
+            raise ValueError(f"MultiCropSpec.morph_strength={lo_hi!r}: give the (low, high) weight "
+                             "of the max / min filter, 0 <= low <= high <= 1, e.g. (0.0, 1.0)")
         for name in ("blur_p", "solarize_p"):
             v = getattr(self, name)
             if not (isinstance(v, tuple) and len(v) == 3 and all(_is_prob(p) for p in v)):
@@ -220,7 +228,9 @@ def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple
         im = _rotate_shear(im, rng.uniform(-spec.rotate, spec.rotate) if spec.rotate else 0.0,
                            rng.uniform(-spec.shear, spec.shear) if spec.shear else 0.0)
     if coin(rng, spec.morph_p):
-        im = im.filter(ImageFilter.MaxFilter(3) if rng.random() < 0.5 else ImageFilter.MinFilter(3))
+        filtered = im.filter(ImageFilter.MaxFilter(3) if rng.random() < 0.5 else ImageFilter.MinFilter(3))
+        lo, hi = spec.morph_strength
+        im = filtered if lo == hi == 1.0 else Image.blend(im, filtered, float(rng.uniform(lo, hi)))
     if coin(rng, spec.jitter_p):
         im = pil_jitter(im, rng, spec.brightness, spec.contrast, spec.saturation, spec.hue)
     if coin(rng, spec.gray_p):
