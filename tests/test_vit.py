@@ -239,3 +239,19 @@ def test_variant_fields_run(images):
     out, aux = model.apply(variables, images)
     assert out.shape == (2, 10) and aux["encoded"].shape == (2, 16, 32)
     _close(aux["pre_logits"], aux["encoded"].mean(1))
+
+
+@pytest.mark.parametrize("weight_init", ["mae", "dino"])
+def test_posemb_init_std_sets_the_learned_position_embedding_scale(weight_init):
+    """posemb_init_std: the learned pos-emb's std at init (0.02 by default, timm's and DINO's); the
+    rest of the network's draws are unchanged."""
+    kw = dict(num_classes=0, in_channels=1, width=64, depth=1, num_heads=4, mlp_dim=128,
+              image_size=28, weight_init=weight_init)
+    x = jnp.zeros((1, 28, 28, 1))
+    base = models.create("vit_tiny_patch4_28", **kw).init(jax.random.key(0), x)["params"]
+    wide = models.create("vit_tiny_patch4_28", posemb_init_std=1.0, **kw).init(jax.random.key(0), x)["params"]
+    assert np.asarray(base["pos_embed"]).std() == pytest.approx(0.02, rel=0.1)
+    # dino: timm's trunc_normal_(std, a=-2, b=2) cuts at +-2 absolute, +-2 std here: std 0.880
+    want = 1.0 if weight_init == "mae" else 0.880
+    assert np.asarray(wide["pos_embed"]).std() == pytest.approx(want, rel=0.05)
+    np.testing.assert_array_equal(base["blocks_0"]["mlp"]["fc1"]["kernel"], wide["blocks_0"]["mlp"]["fc1"]["kernel"])

@@ -51,7 +51,7 @@ BACKBONES = {
     # DINO's ViT: its init (trunc-normal 0.02, torch's patch conv) and its resize of the position
     # embedding for the local crops (bicubic, +0.1 scale-factor offset)
     "vit": ("vit_tiny_patch4_28", dict(MNIST5K_MODEL, drop_path_rate=0.1, posemb_interp="bicubic_dino",
-                                       weight_init="dino", pool="token")),
+                                       weight_init="dino", pool="token", posemb_init_std=0.02)),
 }
 
 

@@ -67,6 +67,10 @@ class ViT(nn.Module):
     final_norm: bool | None = None    # norm on all tokens; None: off iff pool == "gap" with fc_norm
                                       # (CLIP: False, its post_layernorm is fc_norm on the cls token)
     posemb: str = "learn"             # "learn" | "sincos2d" (fixed, MAE layout) | "none"
+    # std of the learned pos-emb at init. 0.02 (timm, DINO) is small beside the patch embedding's
+    # output (about 0.5 at xavier init). Then a random ViT's class token is a bag of patches, organised by
+    # ink rather than shape (benchmarks/neighbour_attributes.py). About 1 lets position in.
+    posemb_init_std: float = 0.02
     # resizing a learned pos-emb: "bilinear" | "bicubic" (torch's) | "bicubic_dino" (DINO's +0.1)
     posemb_interp: str = "bilinear"
     dropout: float = 0.0
@@ -152,7 +156,11 @@ class ViT(nn.Module):
             self.cls_token = self.param("cls_token", token, (1, 1, d), self.param_dtype)
         if self.posemb == "learn":
             gh, gw = self.base_grid
-            self.pos_embed = self.param("pos_embed", token,
+            pos_init = token if self.posemb_init_std == 0.02 else (
+                nn.initializers.truncated_normal(self.posemb_init_std, lower=-2.0 / self.posemb_init_std,
+                                                 upper=2.0 / self.posemb_init_std)
+                if self.weight_init == "dino" else nn.initializers.normal(self.posemb_init_std))
+            self.pos_embed = self.param("pos_embed", pos_init,
                                         (1, self.num_prefix_tokens + gh * gw, d), self.param_dtype)
         self.pos_drop = nn.Dropout(self.dropout)
         if self.pre_norm:
