@@ -23,7 +23,7 @@ import numpy as np
 
 from vit_jax import models, runs
 from vit_jax.config_base import MNIST5K_MODEL
-from vit_jax.data import mnist5k
+from vit_jax.data import mnist5k, transforms
 
 
 def data(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +62,8 @@ def report(name: str, train_f: np.ndarray, test_f: np.ndarray, train: tuple, tes
 
 def features(model, variables, x: np.ndarray) -> np.ndarray:
     f = jax.jit(lambda v, im: model.apply(v, im, train=False)[0])
-    x = (x - 0.1307) / 0.3081   # normalize('mnist'), every mnist5k config's eval transform
+    mean, std = transforms.get_stats("mnist")   # normalize('mnist'), every mnist5k config's eval transform
+    x = (x - np.float32(mean[0])) / np.float32(std[0])
     return np.concatenate([np.asarray(f(variables, jnp.asarray(x[i:i + 500])))
                            for i in range(0, len(x), 500)])
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal_002
+from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal, trunc_normal_002
 from vit_jax.models.layers import (Block, Dtype, check_images, dense_init, make_norm, pair,
                                    patch_embed_init, resize_pos_embed, sincos_2d)
 from vit_jax.models.registry import register, register_pattern
@@ -156,10 +156,8 @@ class ViT(nn.Module):
             self.cls_token = self.param("cls_token", token, (1, 1, d), self.param_dtype)
         if self.posemb == "learn":
             gh, gw = self.base_grid
-            pos_init = token if self.posemb_init_std == 0.02 else (
-                nn.initializers.truncated_normal(self.posemb_init_std, lower=-2.0 / self.posemb_init_std,
-                                                 upper=2.0 / self.posemb_init_std)
-                if self.weight_init == "dino" else nn.initializers.normal(self.posemb_init_std))
+            std = self.posemb_init_std   # as `token`'s family draws it, at this std
+            pos_init = trunc_normal(std) if self.weight_init == "dino" else nn.initializers.normal(std)
             self.pos_embed = self.param("pos_embed", pos_init,
                                         (1, self.num_prefix_tokens + gh * gw, d), self.param_dtype)
         self.pos_drop = nn.Dropout(self.dropout)
