@@ -49,6 +49,9 @@ Command line (full run; the defaults are configs/mnist5k/esvit.py:v,vit,faithful
     ('*.py' skips the .github/*.png blobs the mirror lacks; an "invalid object" line is harmless)
     python benchmarks/official_dino_mnist5k.py --dino_repo /tmp/dino_official \
         --out workdirs/official_dino_mnist5k/log.jsonl
+The shipped recipe (configs/mnist5k/esvit.py:v,vit, remedies from benchmarks/official_dino_remedies.py):
+    ... --global_scale 0.8 1 --local_crops_number 4 --local_size 16 --local_scale 0.2 0.5 \
+        --no_solarize --init xavier --posemb_init_std 2 --sinkhorn_iters 3 --koleo_weight 0.1
 Smoke test: the same with --epochs 1 --local_crops_number 2 --eval_every 1 --max_steps_per_epoch 3
 
 Output: a JSON line per epoch (epoch, mean loss, lr, wd, train_time_s, wall_time_s, and every
@@ -75,6 +78,8 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+
+import official_dino_remedies as remedies
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 GLOBAL_SIZE, LOCAL_SIZE = 28, 12          # official: 224 / 96
@@ -105,6 +110,15 @@ def parse_args(argv=None):
     p.add_argument("--local_crops_number", type=int, default=6)
     p.add_argument("--global_scale", type=float, nargs=2, default=(0.4, 1.0))
     p.add_argument("--local_scale", type=float, nargs=2, default=(0.05, 0.4))
+    p.add_argument("--local_size", type=int, default=LOCAL_SIZE, help="local crop side in px")
+    p.add_argument("--no_solarize", action="store_true",
+                   help="remedy: drop utils.Solarization from the global pipeline")
+    # the remedies of configs/mnist5k/esvit.py:v,vit (benchmarks/official_dino_remedies.py)
+    p.add_argument("--init", choices=("dino", "xavier"), default="dino",
+                   help="dino: the official init; xavier: vit_jax's weight_init='mae'")
+    p.add_argument("--posemb_init_std", type=float, default=0.02)
+    p.add_argument("--sinkhorn_iters", type=int, default=0, help="> 0: Sinkhorn-Knopp targets")
+    p.add_argument("--koleo_weight", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval_every", type=int, default=5,
                    help="k-NN eval every N epochs (and always after the last)")
@@ -212,14 +226,16 @@ class Mnist5kPIL(torch.utils.data.Dataset):
             int(self.labels[i])
 
 
-def mnist_augmentation(official, global_scale, local_scale, local_crops_number):
-    """main_dino.DataAugmentationDINO, edited in place: sizes 28/12, no flip, MNIST normalisation."""
+def mnist_augmentation(official, global_scale, local_scale, local_crops_number,
+                       local_size=LOCAL_SIZE, solarize=True):
+    """main_dino.DataAugmentationDINO, edited in place: sizes 28 / local_size, no flip, MNIST
+    normalisation; without solarize also no utils.Solarization."""
     from torchvision import transforms as T
     aug = official.main_dino.DataAugmentationDINO(tuple(global_scale), tuple(local_scale),
                                                   local_crops_number)
-    changed = {"flip": 0, "crop": 0, "normalize": 0}
+    changed = {"flip": 0, "crop": 0, "normalize": 0, "solarize": 0}
     size_map = {(OFFICIAL_GLOBAL_SIZE,) * 2: (GLOBAL_SIZE,) * 2,
-                (OFFICIAL_LOCAL_SIZE,) * 2: (LOCAL_SIZE,) * 2}
+                (OFFICIAL_LOCAL_SIZE,) * 2: (local_size,) * 2}
 
     def edit(t):
         if isinstance(t, (T.Compose, T.RandomApply)):
@@ -227,6 +243,9 @@ def mnist_augmentation(official, global_scale, local_scale, local_crops_number):
             for s in t.transforms:
                 if isinstance(s, T.RandomHorizontalFlip):
                     changed["flip"] += 1
+                    continue
+                if not solarize and isinstance(s, official.utils.Solarization):
+                    changed["solarize"] += 1
                     continue
                 kept.append(edit(s))
             t.transforms = kept
@@ -242,7 +261,8 @@ def mnist_augmentation(official, global_scale, local_scale, local_crops_number):
     for pipe in (aug.global_transfo1, aug.global_transfo2, aug.local_transfo):
         edit(pipe)
     # the flip/jitter and normalize Compose objects are shared by the 3 pipelines: the flip goes once
-    if changed["crop"] != 3 or changed["flip"] != 1 or changed["normalize"] < 1:
+    if (changed["crop"] != 3 or changed["flip"] != 1 or changed["normalize"] < 1
+            or changed["solarize"] != (0 if solarize else 1)):
         raise RuntimeError(f"DataAugmentationDINO has an unexpected structure ({changed}); "
                            "check the official main_dino.py")
     return aug
@@ -319,7 +339,8 @@ def main(argv=None):
     random.seed(args.seed)           # utils.GaussianBlur / Solarization draw from `random`
 
     # ---- data
-    aug = mnist_augmentation(official, args.global_scale, args.local_scale, args.local_crops_number)
+    aug = mnist_augmentation(official, args.global_scale, args.local_scale, args.local_crops_number,
+                             args.local_size, solarize=not args.no_solarize)
     print("augmentation (official DataAugmentationDINO, sizes/flip/normalisation edited):")
     print("  global_transfo1:", aug.global_transfo1)
     print("  global_transfo2:", aug.global_transfo2)
@@ -342,6 +363,10 @@ def main(argv=None):
     student = utils.MultiCropWrapper(build_backbone(official, 0.1), build_head(official, args.out_dim))
     teacher = utils.MultiCropWrapper(build_backbone(official, 0.0), build_head(official, args.out_dim))
     assert not utils.has_batchnorms(student)
+    if args.init == "xavier":
+        remedies.xavier_init(student.backbone)
+    if args.init == "xavier" or args.posemb_init_std != 0.02:   # else the official draw stands
+        remedies.init_pos_embed(student.backbone, args.posemb_init_std, xavier=args.init == "xavier")
     teacher_without_ddp = teacher
     student = _NoDDP(student)
     teacher_without_ddp.load_state_dict(student.module.state_dict())
@@ -351,9 +376,11 @@ def main(argv=None):
     print(f"Student and teacher built: ViT backbone {n_params / 1e6:.3f}M params.")
 
     # ---- loss, optimizer, schedules (as main_dino.train_dino, but lr not rescaled)
-    dino_loss = main_dino.DINOLoss(args.out_dim, args.local_crops_number + 2,
+    dino_loss = remedies.make_loss(main_dino.DINOLoss, args.out_dim, args.local_crops_number + 2,
                                    args.warmup_teacher_temp, args.teacher_temp,
-                                   args.warmup_teacher_temp_epochs, args.epochs)
+                                   args.warmup_teacher_temp_epochs, args.epochs,
+                                   sinkhorn_iters=args.sinkhorn_iters,
+                                   koleo_weight=args.koleo_weight, student_wrapper=student.module)
     optimizer = torch.optim.AdamW(utils.get_params_groups(student))
     if args.warmup_epochs > args.epochs:   # utils.cosine_scheduler asserts otherwise (smoke tests)
         print(f"note: warmup_epochs {args.warmup_epochs} > epochs {args.epochs}: "

@@ -16,7 +16,7 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("mnist5k/linear_probe.py", ",gap"),
          ("imagenet/mae_pretrain.py", "base"), ("imagenet/mae_pretrain.py", "huge"),
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
-         ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("imagenet/swin.py", "tiny"),
+         ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("mnist5k/resnet.py", ""), ("mnist5k/resnet.py", "seed=2"), ("imagenet/swin.py", "tiny"),
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
          ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
          ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"),

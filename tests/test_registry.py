@@ -63,10 +63,10 @@ def test_registry_imports_no_family():
     """The arrows point one way: families import the registry at the top, never the package."""
     src = open(registry.__file__).read()
     assert "from vit_jax" not in src and "import vit_jax" not in src
-    for family in ("vit", "swin", "cvt"):
+    for family in ("vit", "swin", "cvt", "cct"):
         text = open(registry.__file__.replace("registry.py", f"{family}.py")).read()
         assert "from vit_jax.models.registry import" in text
         assert "from vit_jax.models import" not in text
     # importing the package registers every family
-    assert {"vit_base_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"} <= set(
-        models.list_models())
+    assert {"vit_base_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224",
+            "cct_7_3x1_32"} <= set(models.list_models())

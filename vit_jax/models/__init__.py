@@ -4,8 +4,8 @@
     m = models.create("swin_tiny_patch4_window7_224", num_classes=10, width=48)
 
 The registry (create, register, register_pattern, list_models, model_fields, RENAMED_FIELDS,
-upgrade_fields) lives in registry.py; each family file (vit.py, swin.py, cvt.py) imports it
-and registers its names when imported, so importing the families here fills the registry.
+upgrade_fields) lives in registry.py; each family file (vit.py, swin.py, cvt.py, cct.py, resnet.py) imports
+it and registers its names when imported, so importing the families here fills the registry.
 Names are timm-style; generic ViT names vit_{size}_patch{p}_{img} (also deit_...) are parsed,
 e.g. "vit_small_patch8_64", with size in tiny/small/base/large/huge/giant.
 """
@@ -21,7 +21,9 @@ import numpy as np
 from vit_jax.models.registry import (RENAMED_FIELDS, create, list_models, model_fields,
                                      register, register_pattern, upgrade_fields)
 from vit_jax.models.vit import ViT, vit
-from vit_jax.models import cvt, swin  # noqa: E402,F401  (importing them registers their names)
+from vit_jax.models import cct, cvt, resnet, swin  # noqa: E402,F401  (importing them registers their names)
+from vit_jax.models.cct import CCT
+from vit_jax.models.resnet import ResNet
 
 
 def param_count(module: nn.Module, image_shape: Sequence[int]) -> int:
@@ -37,5 +39,5 @@ def param_count(module: nn.Module, image_shape: Sequence[int]) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get("params", {})))
 
 
-__all__ = ["RENAMED_FIELDS", "ViT", "create", "list_models", "model_fields", "param_count",
+__all__ = ["CCT", "RENAMED_FIELDS", "ResNet", "ViT", "create", "list_models", "model_fields", "param_count",
            "register", "register_pattern", "upgrade_fields", "vit"]
