@@ -22,6 +22,8 @@ from PIL import Image
 
 # RandAugment lives in its own module (which does not import this one: no cycle); the names are
 # re-exported so vit_jax.data.transforms.RAND_AUGMENT_OPS etc. keep working.
+from vit_jax.data.random_erasing import MODES as ERASE_MODES
+from vit_jax.data.random_erasing import random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
 from vit_jax.data.randaugment import apply_op as _ra_apply  # noqa: F401  (the old private name)
 
@@ -208,9 +210,12 @@ def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
 OPS: dict[str, Callable[..., np.ndarray]] = {
     f.__name__: f for f in (random_resized_crop, random_flip, resize, center_crop,
                             resize_center_crop, random_crop_with_padding, rand_augment, normalize,
-                            to_rgb, to_gray)}
+                            to_rgb, to_gray, random_erasing)}
+# ops on the normalised image: they follow `normalize` (every other op precedes it)
+AFTER_NORMALIZE = ("random_erasing",)
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
-           "pad_crop": "random_crop_with_padding", "randaug": "rand_augment"}
+           "pad_crop": "random_crop_with_padding", "randaug": "rand_augment",
+           "erase": "random_erasing"}
 
 
 def _num(x: Any, integer: bool = False) -> bool:
@@ -235,6 +240,7 @@ _ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "magnitude": (lambda v: _num(v) and 0 <= v <= 10, "must be in [0, 10] (RandAugment levels)"),
     "spread": (lambda v: v == float("inf") or _num(v) and v >= 0, "must be >= 0 (inf: uniform)"),
     "std": (lambda v: all(_num(x) and x > 0 for x in v), "must be positive numbers"),
+    "erase_mode": (lambda v: v in ERASE_MODES, f"must be one of {ERASE_MODES}"),
 }
 
 
@@ -250,6 +256,7 @@ _ARG_KINDS: dict[str, dict[str, str]] = {
     "rand_augment": {"num_ops": "count", "magnitude": "magnitude", "magnitude_std": "spread",
                      "prob": "prob"},
     "normalize": {"std": "std"},
+    "random_erasing": {"p": "prob", "scale": "range", "ratio": "range", "mode": "erase_mode"},
 }
 
 
@@ -316,14 +323,17 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
 
     rng (a np.random.Generator) is needed only when the spec has a random op (one taking rng).
 
-    ``spec``: "op|op(args)|..." or a list of such items. ``normalize`` must come last; when absent
-    it is appended with ``mean``/``std``: a preset name ("mnist") with std None, or both values.
+    ``spec``: "op|op(args)|..." or a list of such items. ``normalize`` comes after every other op;
+    only the ops of AFTER_NORMALIZE (random_erasing), which work on the normalised image, follow
+    it and need it written out. When absent it is appended with ``mean``/``std``: a preset name
+    ("mnist") with std None, or both values.
     Other example keys pass through untouched. Errors surface here, not in the first batch.
     """
     items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in _split_top(part)]
     items = [s for s in (s.strip() for s in items) if s]
     mean, std = get_stats(mean, std)
     fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool]] = []
+    names = [ALIASES.get(parse_op(i)[0], parse_op(i)[0]) for i in items]
     for k, item in enumerate(items):
         op, args, kwargs = parse_op(item)
         name = ALIASES.get(op, op)
@@ -339,11 +349,15 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
                                      "build(image_size=)")
                 a["size"] = image_size
             if name == "normalize":
-                if k != len(items) - 1:
-                    raise ValueError(f"normalize must be the last transform in {items}")
+                if any(n not in AFTER_NORMALIZE for n in names[k + 1:]):
+                    raise ValueError(f"normalize must be the last transform (only "
+                                     f"{', '.join(AFTER_NORMALIZE)} may follow it) in {items}")
                 # bare "normalize" takes build()'s statistics; else a preset or mean+std
                 a["mean"], a["std"] = (get_stats(a["mean"], a.get("std")) if "mean" in a
                                        else (mean, std))
+            elif name in AFTER_NORMALIZE and "normalize" not in names[:k]:
+                raise ValueError(f"{item!r} works on the normalised image: put it after "
+                                 f"normalize (e.g. \"...|normalize('mnist')|{op}\") in {items}")
             if "ops" in a and set(a["ops"]) - set(RAND_AUGMENT_OPS):
                 raise ValueError(f"transform {item!r}: RandAugment ops are "
                                  f"{', '.join(RAND_AUGMENT_OPS)}")
