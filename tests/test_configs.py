@@ -8,7 +8,10 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from vit_jax import durations, objectives, validate
+import jax
+import jax.numpy as jnp
+
+from vit_jax import convert, durations, models, objectives, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finetune.py", ""),
@@ -21,7 +24,8 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
          ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
          ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"),
-         ("mnist5k/esvit.py", "v,vit,faithful"), ("imagenet/esvit.py", "tiny")]
+         ("mnist5k/esvit.py", "v,vit,faithful"), ("imagenet/esvit.py", "tiny"),
+         ("mnist5k/deit.py", ""), ("mnist5k/deit.py", "none"), ("mnist5k/tinymim.py", "")]
 
 
 def load(path, arg):
@@ -34,6 +38,18 @@ def load(path, arg):
 def test_mnist5k_eva_teacher_knows_digits_by_default():
     assert load("mnist5k/eva_pretrain.py", "").eva.teacher == "workdir:workdirs/quickstart"
     assert load("mnist5k/eva_pretrain.py", "runs/sup").eva.teacher == "workdir:runs/sup"
+
+
+def test_mnist5k_deit_is_taught_by_the_resnet_anchor_by_default():
+    c = load("mnist5k/deit.py", "")
+    assert (c.distill.teacher, c.distill.type, c.model.dist_token) == ("workdir:workdirs/mnist5k_resnet",
+                                                                       "hard", True)
+    c = load("mnist5k/deit.py", "runs/cct,soft")
+    assert (c.distill.teacher, c.distill.type) == ("workdir:runs/cct", "soft")
+    c = load("mnist5k/deit.py", "none")   # the baseline: the same ViT, no token, no teacher
+    assert (c.distill.teacher, c.distill.type, c.model.dist_token) == ("", "none", False)
+    c = load("mnist5k/tinymim.py", "")
+    assert (c.distill.teacher, c.distill.target) == ("workdir:workdirs/mnist5k_mae", "relations")
 
 
 def test_frozen_protocols_read_the_mean_patch_token_on_request():
@@ -62,11 +78,23 @@ def tiny_clip(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def tiny_digit_classifier(tmp_path_factory) -> str:
+    """A random 10-class, 1-channel ViT classifier (a Hugging Face folder) standing in for the
+    trained mnist5k teacher runs (DeiT's ResNet, TinyMIM's MAE), which CI does not have."""
+    m = models.create("vit_tiny_patch14_28", num_classes=10, in_channels=1, width=16, depth=1, num_heads=2)
+    folder = tmp_path_factory.mktemp("digits") / "vit"
+    convert.save_hf(m, m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), folder)
+    return str(folder)
+
+
 @pytest.mark.parametrize("path,arg", CASES, ids=[f"{p}:{a}" for p, a in CASES])
-def test_config_validates(path, arg, tiny_clip):
+def test_config_validates(path, arg, tiny_clip, tiny_digit_classifier):
     cfg = load(path, arg)
     if path == "imagenet/eva_pretrain.py":
         cfg.eva.teacher = "hf:" + tiny_clip
+    if path in ("mnist5k/deit.py", "mnist5k/tinymim.py") and cfg.distill.teacher:
+        cfg.distill.teacher = "hf:" + tiny_digit_classifier
     if path.startswith("imagenet/"):  # the mock has 8 images: give the real schedule length
         cfg.total_steps = durations.total_steps(cfg, 1_281_167)
     with tfds.testing.mock_data(num_examples=8):

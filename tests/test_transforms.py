@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.data import mixup, transforms as T
+from vit_jax.data import mixup, randaugment, transforms as T
 
 
 def _img(h=20, w=30, c=3, seed=0):
@@ -107,7 +107,7 @@ def test_rand_augment_every_op(c):
     changed = 0
     for op in T.RAND_AUGMENT_OPS:
         for level in (0.0, 0.5, 1.0):
-            out = T.from_pil(T._ra_apply(T.to_pil(img), op, level, rng, 128))
+            out = T.from_pil(randaugment.apply_op(T.to_pil(img), op, level, rng, 128))
             assert out.shape == img.shape and out.dtype == np.uint8, op
         changed += not np.array_equal(out, img)
     assert changed >= 12  # AutoContrast (full-range noise), Solarize(256) and gray Color are no-ops

@@ -6,8 +6,10 @@ it (`backbone_variables`: a supervised ViT's params, an MAE or EVA encoder, a pr
 a DINO / EsViT run's EMA teacher), to this run's backbone (params[objective.backbone_key]).
 Leaves are matched by path and shape; the head and fc_norm of the new model keep their fresh
 init; a learned position embedding that the source did not have (MAE's fixed sincos) starts
-from the sincos values, and one of another grid size is resized. Only "params" are loaded
-(BatchNorm statistics start fresh).
+from the sincos values, and one of another grid size is resized. A DeiT student (distillation
+token) starts from a plain ViT's backbone with a fresh distillation token, head_dist and
+distillation row of the position embedding (and a plain ViT from a DeiT student drops them).
+Only "params" are loaded (BatchNorm statistics start fresh).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from vit_jax.models import layers
 from vit_jax.trees import path_str, replace_subtree, subtree
 
 # Parts of a backbone that a new task is expected to bring itself.
-FRESH = ("head", "fc_norm")
+FRESH = ("head", "fc_norm", "head_dist", "dist_token")
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -49,7 +51,8 @@ def merge(target: Any, source: dict) -> tuple[Any, dict[str, list[str]]]:
                 return value.astype(leaf.dtype)
             if name == "pos_embed" and value.shape[-1] == shape[-1]:
                 report["loaded"].append(name + " (resized)")
-                return _resize_posemb(value, shape)
+                fresh = np.zeros(shape, leaf.dtype) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf
+                return _resize_posemb(value, np.asarray(fresh))
             problems.append(f"{name}: source {value.shape} vs model {shape}")
             return leaf
         if name == "pos_embed":  # the source used fixed sincos position embeddings
@@ -79,21 +82,35 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _sincos_like(shape: tuple[int, ...]) -> np.ndarray:
+    """MAE's fixed table for a (1, n, D) pos-emb, a zero row for each prefix token."""
     _, n, d = shape
-    for prefix in (1, 0):
-        try:
-            grid = _grid(n - prefix)
-        except ValueError:
-            continue
-        pe = layers.sincos_2d(grid[0], grid[1], d, cls_token=bool(prefix))
-        return np.asarray(pe).reshape(shape)
-    raise ValueError(f"cannot build sincos position embeddings of shape {shape}")
+    try:
+        prefix = _prefix_rows(n)
+    except ValueError:
+        raise ValueError(f"cannot build sincos position embeddings of shape {shape}") from None
+    grid = _grid(n - prefix)
+    pe = layers.sincos_2d(grid[0], grid[1], d)
+    return np.pad(pe, ((0, 0), (prefix, 0), (0, 0))).reshape(shape)
 
 
-def _resize_posemb(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    prefix = 1 if _is_square(value.shape[1] - 1) and _is_square(shape[1] - 1) else 0
-    new_grid = _grid(shape[1] - prefix)
-    return np.asarray(layers.resize_pos_embed(value, new_grid, prefix, old_grid=_grid(value.shape[1] - prefix)))
+def _prefix_rows(n: int) -> int:
+    """The prefix rows (0, 1: class token, 2: class and distillation tokens) of a (1, n, D)
+    position embedding over a square grid (unique: k^2 + 1 and k^2 + 2 are never squares)."""
+    for prefix in (1, 0, 2):
+        if _is_square(n - prefix):
+            return prefix
+    raise ValueError(f"cannot infer a square patch grid from {n} position rows")
+
+
+def _resize_posemb(value: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """The source's pos-emb `value` on the grid and prefix of `fresh` (the new model's init):
+    the grid rows resized, the prefix rows both have copied, the new model's extra ones fresh."""
+    p_src, p_new = _prefix_rows(value.shape[1]), _prefix_rows(fresh.shape[1])
+    grid = layers.resize_pos_embed(value[:, p_src:], _grid(fresh.shape[1] - p_new), 0,
+                                   old_grid=_grid(value.shape[1] - p_src))
+    keep = min(p_src, p_new)
+    prefix = np.concatenate([value[:, :keep], fresh[:, keep:p_new]], axis=1)
+    return np.concatenate([prefix, np.asarray(grid)], axis=1).astype(fresh.dtype)
 
 
 def _is_square(n: int) -> bool:

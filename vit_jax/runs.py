@@ -57,8 +57,10 @@ class Run:
                                   **validate_lib.source_kwargs(data))
 
     def predict(self, examples: list[dict]) -> np.ndarray:
-        """Class probabilities (B, K) of raw examples, for a supervised (fine-tuning) run."""
-        if self.config.objective != "supervised":
+        """Class probabilities (B, K) of raw examples, for a run whose network classifies: a
+        supervised (fine-tuning) run, or a DeiT student (its heads' average)."""
+        classifies = self.config.objective in ("supervised", "distill")
+        if not classifies or int(getattr(self.model, "num_classes", 0) or 0) <= 0:
             raise ValueError(f"{self.workdir} is a {self.config.objective!r} run; predict needs a "
                              "supervised one (train or fine-tune a classifier first).")
         logits, _ = self.model.apply(self.variables, self.images(examples))

@@ -1,6 +1,9 @@
-"""Frozen teachers whose patch tokens are regression targets (EVA) or distillation targets.
+"""Frozen teachers: a ViT's patch tokens as regression targets (EVA) or its attention's token
+relations (TinyMIM: vit_jax/objectives/distill.py reads them from `module`), and a classifier's
+logits as distillation targets (DeiT).
 
-    teacher = teachers.load(spec, dtype=jnp.float32)
+    teacher = teachers.load(spec, dtype=jnp.float32)                # a ViT
+    classifier = teachers.load_classifier(spec, dtype=jnp.float32)  # any backbone with a head
 
 specs:
     hf:FOLDER        a Hugging Face folder read by convert.load_hf. CLIPVisionModel(WithProjection):
@@ -14,6 +17,12 @@ specs:
                      ($VIT_JAX_CACHE, default ~/.cache/vit_jax) and loaded from there.
     workdir:PATH     the backbone of any vit_jax run (supervised, MAE, EVA ...): its final-norm
                      patch tokens, with the run's own pixel statistics.
+
+load_classifier takes workdir:PATH (a run whose backbone has a classification head: supervised
+ResNet, CCT, ViT, a DeiT student ...; its variables include BatchNorm statistics) or hf:FOLDER
+(any *ForImageClassification that convert.load_hf reads). A Classifier shows the teacher the
+student's own (augmented) images: un-normalised, grey -> RGB if needed, normalised with the
+teacher's statistics, resized to the teacher's image size when it differs; out come its logits.
 
 A Teacher maps the student's batch (normalised with the student's statistics, any channel count)
 to targets aligned with the student's patch grid: un-normalise, grey -> RGB if needed,
@@ -52,6 +61,25 @@ class TeacherError(UserError, ValueError):
     """A teacher that cannot be loaded or cannot serve this student; the message says why."""
 
 
+def to_teacher_pixels(images: Array, student_mean: Sequence[float], student_std: Sequence[float],
+                      mean: Sequence[float], std: Sequence[float], channels: int) -> Array:
+    """Student images (B, H, W, C), normalised with the student's statistics -> float32 images
+    normalised with a teacher's (mean, std), grey repeated to RGB when the teacher takes 3 channels."""
+    x = images.astype(jnp.float32)
+    x = x * jnp.asarray(student_std, jnp.float32) + jnp.asarray(student_mean, jnp.float32)
+    if x.shape[-1] == 1 and channels == 3:
+        x = jnp.repeat(x, 3, axis=-1)
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _check_channels(spec: str, teacher_channels: int, channels: int) -> None:
+    if channels not in (1, teacher_channels):
+        raise TeacherError(
+            f"teacher {spec!r} takes {teacher_channels}-channel images but the student's have "
+            f"{channels}; use a transform that gives {teacher_channels} channels (e.g. to_rgb) or a "
+            "teacher trained on the same channels.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Teacher:
     """A frozen ViT and how to feed it. `variables` are host arrays ({"params": ...})."""
@@ -80,11 +108,7 @@ class Teacher:
 
     def check_student(self, grid: tuple[int, int], channels: int) -> None:
         """Raises TeacherError when this teacher cannot give one target per student patch."""
-        if channels not in (1, self.module.in_channels):
-            raise TeacherError(
-                f"teacher {self.spec!r} takes {self.module.in_channels}-channel images but the "
-                f"student's have {channels}; use a transform that gives {self.module.in_channels} "
-                "channels (e.g. to_rgb) or a teacher trained on the same channels.")
+        _check_channels(self.spec, self.module.in_channels, channels)
         if min(grid) < 1:
             raise TeacherError(f"student patch grid {grid} is empty.")
 
@@ -92,11 +116,8 @@ class Teacher:
                    grid: tuple[int, int]) -> Array:
         """Student images (B, H, W, C), normalised with the student's statistics -> teacher input
         (B, grid_h * p, grid_w * p, C_teacher) normalised with the teacher's."""
-        x = images.astype(jnp.float32)
-        x = x * jnp.asarray(student_std, jnp.float32) + jnp.asarray(student_mean, jnp.float32)
-        if x.shape[-1] == 1 and self.module.in_channels == 3:
-            x = jnp.repeat(x, 3, axis=-1)
-        x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+        x = to_teacher_pixels(images, student_mean, student_std, self.mean, self.std,
+                              self.module.in_channels)
         h, w = self.input_size(grid)
         if (h, w) != tuple(x.shape[1:3]):
             x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=True)
@@ -128,6 +149,46 @@ class Teacher:
         return jax.lax.stop_gradient(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A frozen classifier (any backbone with a head) and how to feed it. `variables` are host
+    arrays ({"params": ...[, "batch_stats": ...]})."""
+    spec: str
+    module: Any
+    variables: Any
+    mean: tuple[float, ...]   # the pixel statistics the teacher was trained with
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.module.num_classes)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        size = self.module.image_size
+        return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+    def check_student(self, num_classes: int, channels: int) -> None:
+        """Raises TeacherError when this teacher's classes or channels do not fit the student's data."""
+        if self.num_classes != num_classes:
+            raise TeacherError(f"teacher {self.spec!r} has {self.num_classes} classes but the data has "
+                               f"{num_classes}; distil from a classifier trained on the same classes.")
+        _check_channels(self.spec, int(self.module.in_channels), channels)
+
+    def logits(self, variables: Any, images: Array, student_mean: Sequence[float],
+               student_std: Sequence[float]) -> Array:
+        """The student's batch (its statistics) -> the teacher's logits (B, K) float32, eval mode
+        (BatchNorm running statistics), no gradient."""
+        x = to_teacher_pixels(images, student_mean, student_std, self.mean, self.std,
+                              int(self.module.in_channels))
+        h, w = self.input_size
+        if (h, w) != tuple(x.shape[1:3]):
+            x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=True)
+        variables = jax.lax.stop_gradient(variables)
+        out, _ = self.module.apply(variables, x.astype(self.module.dtype), train=False)
+        return jax.lax.stop_gradient(out.astype(jnp.float32))
+
+
 # ------------------------------------------------------------------------------ loading
 
 def _cache_dir() -> Path:
@@ -135,6 +196,14 @@ def _cache_dir() -> Path:
 
 
 def _hf_stats(folder: Path, cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The folder's pixel statistics; a 1-channel model gets the mean of 3-channel ones."""
+    mean, std = _hf_rgb_stats(folder, cfg)
+    if int(cfg.get("num_channels", 3)) == 1 and len(mean) == 3:
+        return (float(np.mean(mean)),), (float(np.mean(std)),)
+    return mean, std
+
+
+def _hf_rgb_stats(folder: Path, cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
         p = json.loads(pre.read_text())
@@ -267,3 +336,35 @@ def load(spec: str, dtype: Any = jnp.float32) -> Teacher:
                                   drop_path_rate=0.0)
     variables = jax.tree.map(lambda x: np.asarray(x, dtype), jax.device_get(teacher.variables))
     return dataclasses.replace(teacher, module=module, variables=variables)
+
+
+def load_classifier(spec: str, dtype: Any = jnp.float32) -> Classifier:
+    """A frozen classifier from workdir:PATH or hf:FOLDER (see the module docstring); its params and
+    compute in `dtype` (BatchNorm statistics stay float32)."""
+    if spec.startswith("workdir:"):
+        path = os.path.expanduser(spec[len("workdir:"):])
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise TeacherError(f"teacher {spec!r}: {path} is not a vit_jax workdir (no config.json).")
+        run = runs.load_run(path)
+        module, variables = run.model, run.backbone_variables
+        what = f"a {run.config.objective} run of {run.config.model_name}"
+        mean, std = transforms_lib.normalization_stats(run.config.data.train_transform)
+    elif spec.startswith("hf:"):
+        folder = Path(spec[3:]).expanduser()
+        if not (folder / "config.json").is_file():
+            raise TeacherError(f"teacher {spec!r}: {folder} is not a Hugging Face model folder "
+                               "(no config.json).")
+        module, variables = convert.load_hf(folder)
+        what = f"a {type(module).__name__}"
+        mean, std = _hf_stats(folder, json.loads((folder / "config.json").read_text()))
+    else:
+        raise TeacherError(f"unknown classifier teacher {spec!r}; use workdir:PATH (a vit_jax run with "
+                           "a classification head) or hf:FOLDER (a *ForImageClassification folder).")
+    if int(getattr(module, "num_classes", 0) or 0) <= 0:
+        raise TeacherError(f"teacher {spec!r} is {what} without a classification head; a distillation "
+                           "teacher gives logits: use a supervised run (e.g. configs/mnist5k/resnet.py).")
+    dtype = jnp.dtype(dtype)
+    module = module.clone(dtype=dtype, param_dtype=dtype)
+    variables = {k: jax.tree.map(lambda x: np.asarray(x, dtype if k == "params" else np.float32), v)
+                 for k, v in jax.device_get(dict(variables)).items()}
+    return Classifier(spec, module, variables, mean, std)

@@ -43,6 +43,11 @@ What each Hugging Face architecture becomes (outputs agree in float32 eval mode)
                                patch 14, posemb_interp="bicubic"): aux["encoded"] ==
                                last_hidden_state, out == pooler_output (normed cls token).
                                use_swiglu_ffn (ViT-g/14) is refused; the mask token dropped.
+    DeiTModel                  ViT(num_classes=0, dist_token=True, posemb_interp="bicubic"):
+                               aux["encoded"] == last_hidden_state ([class, distillation, patches]).
+    DeiTForImageClassificationWithTeacher  the same with num_classes=num_labels: out == logits
+                               (the heads' average), aux["logits_cls"] / aux["logits_dist"] ==
+                               cls_logits / distillation_logits.
 CLIP and DINOv2 resize their position embeddings with torch's bicubic kernel when the patch
 grid differs from the stored one (HF: DINOv2 always, CLIP with interpolate_pos_encoding=True);
 vit_jax does the same for those modules, so other resolutions agree as well.
@@ -69,6 +74,7 @@ lines in `_HF_LOADERS` below):
     hf_cvt.py         Hugging Face CvT import and export (BatchNorm running statistics included)
     hf_clip.py        Hugging Face CLIP vision tower import
     hf_dinov2.py      Hugging Face DINOv2 import (its key mapping is reusable: dinov2_params)
+    hf_deit.py        Hugging Face DeiT import (the distillation token and its head)
     mae_official.py   facebookresearch/mae checkpoint files
 """
 from __future__ import annotations
@@ -81,6 +87,7 @@ import flax.linen as nn
 
 from vit_jax.convert import hf_clip
 from vit_jax.convert import hf_cvt
+from vit_jax.convert import hf_deit
 from vit_jax.convert import hf_dinov2
 from vit_jax.convert import hf_swin
 from vit_jax.convert import hf_vit
@@ -101,6 +108,8 @@ _HF_LOADERS: dict[str, Callable[..., tuple[nn.Module, Variables]]] = {
     "CLIPVisionModelWithProjection": hf_clip.load_clip,
     "CLIPModel": hf_clip.load_clip,
     "Dinov2Model": hf_dinov2.load_dinov2,
+    "DeiTModel": hf_deit.load_deit,
+    hf_deit.WITH_TEACHER: hf_deit.load_deit,
 }
 
 SUPPORTED_HF_ARCHITECTURES = tuple(_HF_LOADERS)

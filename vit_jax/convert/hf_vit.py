@@ -179,6 +179,9 @@ def _hf_unsupported(module: ViT) -> list[str]:
         bad.append(f"pool={module.pool!r} (HF ViT classifies from the class token)")
     if not module.class_token:
         bad.append("class_token=False (HF ViT always has a class token)")
+    if module.dist_token:
+        bad.append("dist_token=True (HF ViT has no distillation token; HF's DeiT, which has, is read "
+                   "by load_hf but not written)")
     if module.posemb != "learn":
         bad.append(f"posemb={module.posemb!r} (HF ViT has a learned position embedding)")
     if module._use_fc_norm:

@@ -20,12 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# RandAugment lives in its own module (which does not import this one: no cycle); the names are
-# re-exported so vit_jax.data.transforms.RAND_AUGMENT_OPS etc. keep working.
-from vit_jax.data.random_erasing import MODES as ERASE_MODES
-from vit_jax.data.random_erasing import random_erasing
+# RandAugment and random erasing live in their own modules (which do not import this one).
+from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
-from vit_jax.data.randaugment import apply_op as _ra_apply  # noqa: F401  (the old private name)
 
 # Preset (mean, std) in [0, 1] pixel units.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -211,8 +208,7 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
     f.__name__: f for f in (random_resized_crop, random_flip, resize, center_crop,
                             resize_center_crop, random_crop_with_padding, rand_augment, normalize,
                             to_rgb, to_gray, random_erasing)}
-# ops on the normalised image: they follow `normalize` (every other op precedes it)
-AFTER_NORMALIZE = ("random_erasing",)
+AFTER_NORMALIZE = ("random_erasing",)   # ops on the normalised image, after `normalize`
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
            "pad_crop": "random_crop_with_padding", "randaug": "rand_augment",
            "erase": "random_erasing"}

@@ -8,19 +8,27 @@ Call contract (shared by every backbone):
     aux: {"encoded": (B, N, D) final tokens after the final norm (class token first),
           "pre_logits": (B, D), "patch_grid": (h, w) python ints}.
 
+DeiT's distillation token (dist_token=True; Touvron et al. 2021): tokens [class, distillation,
+patches], a position embedding of 2 + L rows and a second head `head_dist` on the distillation
+token. `out` is then always DeiT's inference output, (head(class) + head_dist(distillation)) / 2,
+and aux adds "logits_cls" and "logits_dist" (B, K), the two heads alone, which the distillation
+objective trains (vit_jax/objectives/distill.py).
+
 Extension point for pre-training methods (MAE, EVA, ...), usable with
 `module.apply(variables, x, method=ViT.embed)` or from a parent module (`self.vit.embed(x)`):
-    embed(images)          -> (patch tokens (B, L, D) with pos-emb, cls (B, 1, D) with its pos | None)
+    embed(images)          -> (patch tokens (B, L, D) with pos-emb, prefix tokens (B, P, D) with
+                              their pos | None: the class token [, the distillation token])
     encode(tokens, train)  -> (B, N, D): dropout, [norm_pre], blocks, final norm
 so a method can drop / replace / mask patch tokens between the two.
 
-Parameter tree (unscanned):  embedding{kernel (p,p,C,D), bias}, cls_token (1,1,D),
-pos_embed (1,1+L,D), blocks_0..blocks_{depth-1} (see layers.Block), norm, fc_norm, head.
+Parameter tree (unscanned):  embedding{kernel (p,p,C,D), bias}, cls_token (1,1,D), [dist_token (1,1,D)],
+pos_embed (1,P+L,D), blocks_0..blocks_{depth-1} (see layers.Block), norm, fc_norm, head, [head_dist].
 With scan=True the blocks are one "blocks" subtree whose leaves have a leading depth
 axis; `scan_params` / `unscan_params` convert between the two layouts.
 
 Registered names (at import): vit_/deit_{size}_patch{p}_{img} for every size in VIT_SIZES,
-e.g. "vit_small_patch8_64", plus the timm names listed at the bottom.
+e.g. "vit_small_patch8_64", deit_{size}_distilled_patch{p}_{img} (with the distillation token),
+plus the timm names listed at the bottom.
 """
 from __future__ import annotations
 
@@ -63,6 +71,7 @@ class ViT(nn.Module):
     in_channels: int = 3
     pool: str = "token"               # "token" (class token) | "gap" (mean of patch tokens)
     class_token: bool = True
+    dist_token: bool = False          # DeiT's distillation token and head_dist (see module docstring)
     fc_norm: bool | None = None       # None: True iff pool == "gap" (MAE fine-tuning)
     final_norm: bool | None = None    # norm on all tokens; None: off iff pool == "gap" with fc_norm
                                       # (CLIP: False, its post_layernorm is fc_norm on the cls token)
@@ -107,6 +116,10 @@ class ViT(nn.Module):
                              f"0.02, torch's default patch conv), got {self.weight_init!r}.")
         if self.posemb not in _POSEMBS:
             raise ValueError(f"posemb must be one of {_POSEMBS}, got {self.posemb!r}.")
+        if self.dist_token and not (self.class_token and self.pool == "token"):
+            raise ValueError("dist_token=True needs class_token=True and pool='token' (DeiT: the class "
+                             "head reads the class token, head_dist the distillation token after it); "
+                             f"got class_token={self.class_token}, pool={self.pool!r}.")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool='token' needs class_token=True; use pool='gap' without a class token.")
         (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
@@ -118,7 +131,7 @@ class ViT(nn.Module):
     # ------------------------------------------------------------------ derived config
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token)
+        return int(self.class_token) + int(self.dist_token)
 
     @property
     def base_grid(self) -> tuple[int, int]:
@@ -154,6 +167,8 @@ class ViT(nn.Module):
                                  **conv_kw, **kw)
         if self.class_token:
             self.cls_token = self.param("cls_token", token, (1, 1, d), self.param_dtype)
+        if self.dist_token:
+            self.distillation_token = self.param("dist_token", token, (1, 1, d), self.param_dtype)
         if self.posemb == "learn":
             gh, gw = self.base_grid
             std = self.posemb_init_std   # as `token`'s family draws it, at this std
@@ -191,6 +206,9 @@ class ViT(nn.Module):
             init = (nn.initializers.zeros if self.head_init_std == 0.0
                     else nn.initializers.normal(self.head_init_std))
             self.head = nn.Dense(self.num_classes, kernel_init=init, use_bias=self.head_bias, **kw)
+            if self.dist_token:
+                self.head_dist = nn.Dense(self.num_classes, kernel_init=init, use_bias=self.head_bias,
+                                          **kw)
 
     # ------------------------------------------------------------------ pieces
     def _check_images(self, images: Array) -> tuple[int, int]:
@@ -198,18 +216,21 @@ class ViT(nn.Module):
         return check_images(images, self.in_channels, self.patch_size, model="ViT")
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Array:
-        """Position embedding (1, P + h*w, D) for a patch grid; prefix (cls) rows first."""
+        """Position embedding (1, P + h*w, D) for a patch grid; prefix (cls, dist) rows first."""
         d, prefix = self.width, self.num_prefix_tokens
         if self.posemb == "learn":
             return resize_pos_embed(self.pos_embed, grid, prefix, old_grid=self.base_grid,
                                     method=self.posemb_interp)
         if self.posemb == "sincos2d":
-            return jnp.asarray(sincos_2d(grid[0], grid[1], d, cls_token=self.class_token))
+            table = sincos_2d(grid[0], grid[1], d)   # zero rows for the prefix tokens, as MAE's cls
+            return jnp.asarray(np.pad(table, ((0, 0), (prefix, 0), (0, 0))))
         return jnp.zeros((1, prefix + grid[0] * grid[1], d), jnp.float32)
 
     def embed(self, images: Array, with_pos: bool = True, patch_mask: Array | None = None,
               mask_token: Array | None = None) -> tuple[Array, Array | None]:
-        """images (B, H, W, C) -> (patch tokens (B, h*w, D), cls token (B, 1, D) or None).
+        """images (B, H, W, C) -> (patch tokens (B, h*w, D), prefix tokens (B, P, D) or None).
+
+        The prefix is the class token, then the distillation token when dist_token=True (P = 2).
 
         Both carry their position embedding unless with_pos=False (then add
         `pos_embed_for(grid)` yourself). patch_mask (B, h*w) bool with mask_token (1, 1, D): the
@@ -230,11 +251,13 @@ class ViT(nn.Module):
         pos = self.pos_embed_for((gh, gw)).astype(x.dtype) if with_pos else None
         if pos is not None:
             x = x + pos[:, self.num_prefix_tokens:]
-        cls = None
-        if self.class_token:
-            cls = jnp.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, d))
-            if pos is not None:
-                cls = cls + pos[:, :1]
+        prefix = [self.cls_token] if self.class_token else []
+        prefix += [self.distillation_token] if self.dist_token else []
+        if not prefix:
+            return x, None
+        cls = jnp.broadcast_to(jnp.concatenate(prefix, axis=1).astype(x.dtype), (b, len(prefix), d))
+        if pos is not None:
+            cls = cls + pos[:, :len(prefix)]
         return x, cls
 
     def encode(self, tokens: Array, train: bool = False) -> Array:
@@ -271,6 +294,11 @@ class ViT(nn.Module):
             pooled = self.fc_norm_layer(pooled)
         out = self.head(pooled) if self.num_classes > 0 else pooled
         aux = {"encoded": x, "pre_logits": pooled, "patch_grid": grid}
+        if self.dist_token and self.num_classes > 0:   # DeiT: both heads; out = their average
+            dist = x[:, 1]
+            dist = self.head_dist(self.fc_norm_layer(dist) if self._use_fc_norm else dist)
+            aux.update(logits_cls=out.astype(jnp.float32), logits_dist=dist.astype(jnp.float32))
+            out = (out + dist) / 2
         return out.astype(jnp.float32), aux
 
 
@@ -313,6 +341,9 @@ def vit(size: str, patch: int, image_size: int, **kw: Any) -> ViT:
                image_size=image_size, num_classes=1000, **kw)
 
 
+register_pattern(r"deit_(" + "|".join(VIT_SIZES) + r")_distilled_patch(\d+)_(\d+)",
+                 lambda m: vit(m.group(1), int(m.group(2)), int(m.group(3)), dist_token=True),
+                 hint=f"deit_{{size}}_distilled_patch{{p}}_{{img}} (size in {'/'.join(VIT_SIZES)})")
 register_pattern(r"(?:vit|deit)_(" + "|".join(VIT_SIZES) + r")_patch(\d+)_(\d+)",
                  lambda m: vit(m.group(1), int(m.group(2)), int(m.group(3))),
                  hint=f"vit_{{size}}_patch{{p}}_{{img}} (size in {'/'.join(VIT_SIZES)})")
@@ -334,3 +365,6 @@ for _name, _args in {
     "deit_base_patch16_224": ("base", 16, 224),
 }.items():
     register(_name, functools.partial(vit, *_args))
+# DeiT with the distillation token (facebookresearch/deit models.py: DistilledVisionTransformer).
+for _size in ("tiny", "small", "base"):
+    register(f"deit_{_size}_distilled_patch16_224", functools.partial(vit, _size, 16, 224, dist_token=True))

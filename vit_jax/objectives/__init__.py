@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "mae": "vit_jax.objectives.mae:MAEObjective",
     "eva": "vit_jax.objectives.eva:EVAObjective",
     "esvit": "vit_jax.objectives.esvit:EsViT",
+    "distill": "vit_jax.objectives.distill:Distill",
     "linear_probe": "vit_jax.objectives.linear_probe:LinearProbe",
     "knn": "vit_jax.objectives.frozen:FrozenBackbone",
 }
