@@ -93,6 +93,10 @@ def test_distillation_token_needs_a_class_token():
     assert (m.dist_token, m.width, m.patch_size, m.image_size) == (True, 384, 8, 32)
     with pytest.raises(ConversionError, match="dist_token=True"):
         convert.save_hf(ViT(**TINY), ViT(**TINY).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))), "/tmp/x")
+    c = get_config()   # MAE's encoder has one prefix token: a distillation token is refused
+    c.objective, c.model.dist_token = "mae", True
+    with pytest.raises(ConfigError, match="dist_token=True.*conflicts with MAE"):
+        validate(c)
 
 
 def test_hf_deit_with_teacher_parity(tmp_path):

@@ -25,7 +25,7 @@ EVAL_NOISE_SEED = 0   # evaluation masks come from this constant key: determinis
 
 
 # Encoder settings that MAE fixes; a config asking for anything else is an error.
-_FIXED_ENCODER = dict(num_classes=0, posemb="sincos2d", class_token=True, pool="token")
+_FIXED_ENCODER = dict(num_classes=0, posemb="sincos2d", class_token=True, pool="token", dist_token=False)
 
 
 def encoder_kwargs(config: mlc.ConfigDict, info: DataInfo) -> dict:
