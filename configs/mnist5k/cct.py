@@ -10,9 +10,13 @@ ARG = MODEL[,seed=N]: MODEL "cct" (CCT-4/3x2: two 3x3 conv + max-pool stages, 28
 "vit_lite_seqpool" (ViT-Lite with SeqPool: the paper's CVT-4/4, 0.41M). Why this size: CCT-7/3x1 at
 28 px keeps 196 tokens of width 256 (about 4 GFLOP per training image), 10x a CCT-2-sized model;
 on the 2-core CPU only the CCT-2/4 class fits the 10-minute budget of the CNN anchor.
-The recipe (CCT's, shortened): AdamW lr 5.5e-4, weight decay 0.06, batch 128, warm-up then
-cosine, label smoothing 0.1, random 2-px shifts; the same for all three models.
-Result: README's small-data table.
+The recipe (CCT's, shortened, with a higher lr for the short schedule): AdamW lr 2e-3, weight
+decay 0.06, batch 128, 2 warm-up epochs then cosine, 30 epochs, label smoothing 0.1, random 2-px
+shifts; the same for all three models.
+Measured on the 2-core CPU (README's "Small data from scratch" table): CCT 98.4% (98.8 at epoch
+25), 10 min 48 s with a ViT-Lite run beside it for 6 minutes; CCT's own lr (5.5e-4) for 20 epochs
+gives 97.1% in 6 min 06 s alone, and ViT-Lite on that recipe 72.4%. The CNN anchor
+(configs/mnist5k/resnet.py): 99.2%. The bar (CCT >= 99.2 in 10 minutes) is not reached.
 """
 from vit_jax import objectives
 from vit_jax.config_base import mnist5k_config
@@ -38,13 +42,13 @@ def get_config(arg: str = "cct"):
     c.data.train_transform = "pad_crop(28, 2)|normalize('mnist')"
     c.data.eval_transform = "normalize('mnist')"
     c.batch_size = 128
-    c.num_epochs = 20
-    c.optim.lr = 5.5e-4
+    c.num_epochs = 30
+    c.optim.lr = 2e-3
     c.optim.warmup_epochs = 2
     c.optim.weight_decay = 0.06
     c.supervised = objectives.default_config("supervised")
     c.supervised.label_smoothing = 0.1
     c.log_every = 50
     c.eval_every_epochs = 5
-    c.checkpoint_every_epochs = 20
+    c.checkpoint_every_epochs = 30
     return c
