@@ -7,7 +7,8 @@ resnet_mnist: a 3x3 stem and three stages of two basic blocks (widths 32/64/128,
 recipe (He et al.'s CIFAR ResNets): SGD with momentum 0.9, weight decay 5e-4 on the kernels,
 batch 128, cosine from lr 0.1 after one warm-up epoch; random 2-pixel shifts, the same as the ViT
 rows. ARG: "" (the anchor), or a seed ("seed=1") for the README's spread over seeds.
-Result: README's small-data table (test accuracy and wall time on the 2-core CPU).
+Measured (README's "Small data from scratch" table, 2-core CPU): 99.2% (seed 0, 10 min 52 s beside
+a DINO run) and 98.6% (seed 1, 7 min 01 s alone).
 """
 from vit_jax import objectives
 from vit_jax.config_base import mnist5k_config
