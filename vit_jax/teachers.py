@@ -62,14 +62,19 @@ class TeacherError(UserError, ValueError):
 
 
 def to_teacher_pixels(images: Array, student_mean: Sequence[float], student_std: Sequence[float],
-                      mean: Sequence[float], std: Sequence[float], channels: int) -> Array:
+                      mean: Sequence[float], std: Sequence[float], channels: int,
+                      size: tuple[int, int]) -> Array:
     """Student images (B, H, W, C), normalised with the student's statistics -> float32 images
-    normalised with a teacher's (mean, std), grey repeated to RGB when the teacher takes 3 channels."""
+    (B, *size, C_teacher) normalised with a teacher's (mean, std), grey repeated to RGB when the
+    teacher takes 3 channels, resized (bilinear, antialiased) when `size` differs."""
     x = images.astype(jnp.float32)
     x = x * jnp.asarray(student_std, jnp.float32) + jnp.asarray(student_mean, jnp.float32)
     if x.shape[-1] == 1 and channels == 3:
         x = jnp.repeat(x, 3, axis=-1)
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    if tuple(size) != tuple(x.shape[1:3]):
+        x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), method="bilinear", antialias=True)
+    return x
 
 
 def _check_channels(spec: str, teacher_channels: int, channels: int) -> None:
@@ -116,12 +121,8 @@ class Teacher:
                    grid: tuple[int, int]) -> Array:
         """Student images (B, H, W, C), normalised with the student's statistics -> teacher input
         (B, grid_h * p, grid_w * p, C_teacher) normalised with the teacher's."""
-        x = to_teacher_pixels(images, student_mean, student_std, self.mean, self.std,
-                              self.module.in_channels)
-        h, w = self.input_size(grid)
-        if (h, w) != tuple(x.shape[1:3]):
-            x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=True)
-        return x
+        return to_teacher_pixels(images, student_mean, student_std, self.mean, self.std,
+                                 self.module.in_channels, self.input_size(grid))
 
     def features(self, params: Any, pixels: Array) -> Array:
         """(B, h, w, C) teacher-normalised pixels -> patch-token targets (B, h/p * w/p, dim)."""
@@ -180,10 +181,7 @@ class Classifier:
         """The student's batch (its statistics) -> the teacher's logits (B, K) float32, eval mode
         (BatchNorm running statistics), no gradient."""
         x = to_teacher_pixels(images, student_mean, student_std, self.mean, self.std,
-                              int(self.module.in_channels))
-        h, w = self.input_size
-        if (h, w) != tuple(x.shape[1:3]):
-            x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=True)
+                              int(self.module.in_channels), self.input_size)
         variables = jax.lax.stop_gradient(variables)
         out, _ = self.module.apply(variables, x.astype(self.module.dtype), train=False)
         return jax.lax.stop_gradient(out.astype(jnp.float32))
