@@ -66,7 +66,6 @@ import argparse
 import contextlib
 import functools
 import importlib.util
-import itertools
 import json
 import os
 import random
@@ -75,15 +74,13 @@ import time
 import types
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
 import official_dino_remedies as remedies
+from official_dino_data import (LOCAL_SIZE, Mnist5kPIL, TruncatedLoader, eval_transform,
+                                mnist_augmentation)
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-GLOBAL_SIZE, LOCAL_SIZE = 28, 12          # official: 224 / 96
-OFFICIAL_GLOBAL_SIZE, OFFICIAL_LOCAL_SIZE = 224, 96
 
 
 def parse_args(argv=None):
@@ -207,85 +204,6 @@ def _cpu_shims():
         torch.Tensor.cuda, torch.cuda.synchronize = saved_cuda, saved_sync
 
 
-# ----------------------------------------------------------------------------- data
-class Mnist5kPIL(torch.utils.data.Dataset):
-    """mnist5k split as (PIL 'L' image, label) pairs."""
-
-    def __init__(self, split: str, transform):
-        from vit_jax.data import mnist5k
-        src = mnist5k(split)
-        self.images, self.labels = src.images[..., 0], src.labels
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        from PIL import Image
-        return self.transform(Image.fromarray(np.asarray(self.images[i]), mode="L")), \
-            int(self.labels[i])
-
-
-def mnist_augmentation(official, global_scale, local_scale, local_crops_number,
-                       local_size=LOCAL_SIZE, solarize=True):
-    """main_dino.DataAugmentationDINO, edited in place: sizes 28 / local_size, no flip, MNIST
-    normalisation; without solarize also no utils.Solarization."""
-    from torchvision import transforms as T
-    aug = official.main_dino.DataAugmentationDINO(tuple(global_scale), tuple(local_scale),
-                                                  local_crops_number)
-    changed = {"flip": 0, "crop": 0, "normalize": 0, "solarize": 0}
-    size_map = {(OFFICIAL_GLOBAL_SIZE,) * 2: (GLOBAL_SIZE,) * 2,
-                (OFFICIAL_LOCAL_SIZE,) * 2: (local_size,) * 2}
-
-    def edit(t):
-        if isinstance(t, (T.Compose, T.RandomApply)):
-            kept = []
-            for s in t.transforms:
-                if isinstance(s, T.RandomHorizontalFlip):
-                    changed["flip"] += 1
-                    continue
-                if not solarize and isinstance(s, official.utils.Solarization):
-                    changed["solarize"] += 1
-                    continue
-                kept.append(edit(s))
-            t.transforms = kept
-        elif isinstance(t, T.RandomResizedCrop):
-            if tuple(t.size) in size_map:
-                t.size = size_map[tuple(t.size)]
-                changed["crop"] += 1
-        elif isinstance(t, T.Normalize):
-            t.mean, t.std = MNIST_MEAN, MNIST_STD
-            changed["normalize"] += 1
-        return t
-
-    for pipe in (aug.global_transfo1, aug.global_transfo2, aug.local_transfo):
-        edit(pipe)
-    # the flip/jitter and normalize Compose objects are shared by the 3 pipelines: the flip goes once
-    if (changed["crop"] != 3 or changed["flip"] != 1 or changed["normalize"] < 1
-            or changed["solarize"] != (0 if solarize else 1)):
-        raise RuntimeError(f"DataAugmentationDINO has an unexpected structure ({changed}); "
-                           "check the official main_dino.py")
-    return aug
-
-
-def eval_transform():
-    from torchvision import transforms as T
-    return T.Compose([T.ToTensor(), T.Normalize(MNIST_MEAN, MNIST_STD)])
-
-
-class _Truncated:
-    """A DataLoader cut to n steps per epoch (smoke tests); len() is what train_one_epoch sees."""
-
-    def __init__(self, loader, n):
-        self.loader, self.n = loader, min(n, len(loader))
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        return itertools.islice(iter(self.loader), self.n)
-
-
 # ----------------------------------------------------------------------------- model / eval
 def build_backbone(official, drop_path_rate):
     return official.vits.VisionTransformer(
@@ -351,7 +269,7 @@ def main(argv=None):
                                               drop_last=True, num_workers=args.workers,
                                               generator=gen)
     if args.max_steps_per_epoch > 0:
-        data_loader = _Truncated(data_loader, args.max_steps_per_epoch)
+        data_loader = TruncatedLoader(data_loader, args.max_steps_per_epoch)
     memory_loader = torch.utils.data.DataLoader(Mnist5kPIL("train", eval_transform()),
                                                 batch_size=500, shuffle=False)
     query_loader = torch.utils.data.DataLoader(Mnist5kPIL("test", eval_transform()),
