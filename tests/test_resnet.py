@@ -117,7 +117,7 @@ def test_matches_torch_restatement(shortcut):
     t.train()   # batch statistics, and torch's running-average update (unbiased variance)
     (out, _), new = model.apply(variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(np.asarray(out), t(xt).detach().numpy(), atol=1e-4, rtol=1e-4)
-    last = f"stage_1_block_1"
+    last = "stage_1_block_1"
     np.testing.assert_allclose(np.asarray(new["batch_stats"][last]["bn2"]["var"]),
                                t.blocks[-1].bn2.running_var.numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(new["batch_stats"][last]["bn2"]["mean"]),

@@ -101,8 +101,8 @@ class Distill(Objective):
 
     def _need_teacher(self) -> str:
         if not self.cfg.teacher:
-            raise ValueError(f"distill.teacher is not set; give the teacher run: "
-                             f"--config.distill.teacher=workdir:PATH (or hf:FOLDER)")
+            raise ValueError("distill.teacher is not set; give the teacher run: "
+                             "--config.distill.teacher=workdir:PATH (or hf:FOLDER)")
         return self.cfg.teacher
 
     def _init_logits(self, config: mlc.ConfigDict, info: DataInfo) -> None:
