@@ -19,8 +19,9 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("mnist5k/linear_probe.py", ",gap"),
          ("imagenet/mae_pretrain.py", "base"), ("imagenet/mae_pretrain.py", "huge"),
          ("imagenet/mae_finetune.py", "large,"), ("imagenet/mae_linear_probe.py", "base,"),
-         ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("mnist5k/resnet.py", ""), ("mnist5k/resnet.py", "seed=2"),
-         ("mnist5k/cct.py", ""), ("mnist5k/cct.py", "vit_lite,seed=1"), ("mnist5k/cct.py", "vit_lite_seqpool"), ("imagenet/swin.py", "tiny"),
+         ("mnist5k/swin.py", ""), ("mnist5k/cvt.py", ""), ("mnist5k/resnet.py", ""), ("mnist5k/resnet.py", "seed=2,aug=shift"),
+         ("mnist5k/cct.py", ""), ("mnist5k/cct.py", "vit_lite,seed=1"), ("mnist5k/cct.py", "vit_lite_seqpool"),
+         ("mnist5k/cct.py", "vit,aug=shift"), ("imagenet/swin.py", "tiny"),
          ("imagenet/swin.py", "base"), ("imagenet/cvt.py", "13"), ("imagenet/cvt.py", "21"),
          ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
          ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"),
@@ -50,6 +51,18 @@ def test_mnist5k_deit_is_taught_by_the_resnet_anchor_by_default():
     assert (c.distill.teacher, c.distill.type, c.model.dist_token) == ("", "none", False)
     c = load("mnist5k/tinymim.py", "")
     assert (c.distill.teacher, c.distill.target) == ("workdir:workdirs/mnist5k_mae", "relations")
+
+
+def test_config_args_parse_and_bad_ones_name_the_options():
+    c = load("mnist5k/cct.py", "vit,seed=2")
+    assert (c.model_name, c.seed, c.model.width) == ("vit_tiny_patch4_28", 2, 128)
+    assert c.data.train_transform.startswith("random_affine(")
+    assert load("mnist5k/resnet.py", "aug=shift").data.train_transform.startswith("pad_crop(")
+    for arg, word in [("seed=x", "seed='x'"), ("resnet", "'resnet' is not an option"),
+                      ("aug=rotate", "aug='rotate'"), ("lr=3", "'lr=3' is not an option")]:
+        with pytest.raises(ValueError, match=word) as e:
+            load("mnist5k/cct.py", arg)
+        assert "model=cct|vit_lite|vit_lite_seqpool|vit,seed=N,aug=shift|affine" in str(e.value)
 
 
 def test_frozen_protocols_read_the_mean_patch_token_on_request():

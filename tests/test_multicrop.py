@@ -14,6 +14,7 @@ from vit_jax.data import color_ops as C
 from vit_jax.data import multicrop as M
 from vit_jax.data import pipeline
 from vit_jax.data import transforms as T
+from vit_jax.data.random_affine import affine_pil
 
 
 def _img(h=24, w=24, c=3, seed=0):
@@ -239,7 +240,7 @@ def _dot(h=9, w=9, x=4, y=4):
     (0.0, 0.0, (2, 3), (2, 3)),
 ])
 def test_rotate_shear_moves_a_pixel_where_the_matrix_says(angle, shear, src, dst):
-    out = np.asarray(M._rotate_shear(_dot(x=src[0], y=src[1]), angle, shear))
+    out = np.asarray(affine_pil(_dot(x=src[0], y=src[1]), angle, shear=shear))
     assert np.unravel_index(np.argmax(out), out.shape) == (dst[1], dst[0])
     assert out.max() >= 253 and abs(int(out.sum()) - 255) <= 2   # integer moves: exact up to rounding
 

@@ -138,7 +138,7 @@ def test_build_spec_forms():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("bogus", "unknown transform 'bogus'.*valid: center_crop"),
+    ("bogus", "unknown transform 'bogus'.*valid: affine, center_crop"),
     ("rrc(16, scal=1)", "unexpected keyword argument 'scal'.*size, scale, ratio"),
     ("rrc(1, 2, 3, 4)", "too many positional"),
     ("normalize|flip", "normalize must be the last"),

@@ -136,6 +136,34 @@ def backbone_of_run(c: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
 # fine-tuning, linear probe and k-NN all talk about the same network.
 MNIST5K_MODEL_NAME = "vit_tiny_patch4_28"
 MNIST5K_MODEL = dict(width=128, depth=6, num_heads=4, mlp_dim=256)
+# The digits' training augmentations for the from-scratch rows: random 2-pixel shifts, or
+# LeCun-style affine warps (vit_jax/data/random_affine.py: +-10 degrees, +-10% shifts, scale
+# 0.9-1.1), the invariances 4,000 digits cannot show on their own.
+MNIST5K_AUGS = {"shift": "pad_crop(28, 2)|normalize('mnist')",
+                "affine": "random_affine(10, (0.1, 0.1), (0.9, 1.1))|normalize('mnist')"}
+
+
+def parse_config_arg(arg: str, **options: tuple[object, tuple]) -> dict[str, object]:
+    """A config file's ARG "value,key=value,...", checked: options maps key -> (default, allowed);
+    allowed () takes any int >= 0. A bare value sets the first key whose allowed values hold it.
+
+    parse_config_arg("vit_lite,seed=1", model=("cct", ("cct", "vit_lite")), seed=(0, ()))
+    -> {"model": "vit_lite", "seed": 1}
+    """
+    out = {k: default for k, (default, _) in options.items()}
+    usage = ",".join(f"{k}={'|'.join(map(str, allowed)) or 'N'}" for k, (_, allowed) in options.items())
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            key = next((k for k, (_, allowed) in options.items() if part in allowed), "")
+            value = part
+        if key not in options:
+            raise ConfigError(f"config ARG {arg!r}: {part!r} is not an option; use {usage}")
+        allowed = options[key][1]
+        if allowed and value not in allowed or not allowed and not value.isdigit():
+            raise ConfigError(f"config ARG {arg!r}: {key}={value!r}; use {usage}")
+        out[key] = value if allowed else int(value)
+    return out
 
 
 def mnist5k_config() -> mlc.ConfigDict:

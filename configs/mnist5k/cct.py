@@ -19,27 +19,20 @@ gives 97.1% in 6 min 06 s alone, and ViT-Lite on that recipe 72.4%. The CNN anch
 (configs/mnist5k/resnet.py): 99.2%. The bar (CCT >= 99.2 in 10 minutes) is not reached.
 """
 from vit_jax import objectives
-from vit_jax.config_base import mnist5k_config
+from vit_jax.config_base import MNIST5K_AUGS, MNIST5K_MODEL, mnist5k_config, parse_config_arg
 
 MODELS = {"cct": "cct_4_3x2_28", "vit_lite": "vit_lite_4_4_28",
-          "vit_lite_seqpool": "vit_lite_seqpool_4_4_28"}
+          "vit_lite_seqpool": "vit_lite_seqpool_4_4_28", "vit": "vit_tiny_patch4_28"}
 
 
 def get_config(arg: str = "cct"):
-    parts = [p for p in (arg or "cct").split(",") if p]
-    name, seed = parts[0], 0
-    for extra in parts[1:]:
-        key, _, value = extra.partition("=")
-        if key != "seed" or not value.isdigit():
-            raise ValueError(f"ARG {arg!r}: use MODEL[,seed=N] with MODEL in {list(MODELS)}.")
-        seed = int(value)
-    if name not in MODELS:
-        raise ValueError(f"ARG {arg!r}: MODEL must be one of {list(MODELS)}.")
+    a = parse_config_arg(arg, model=("cct", tuple(MODELS)), seed=(0, ()),
+                         aug=("affine", tuple(MNIST5K_AUGS)))
     c = mnist5k_config()
-    c.seed = seed
-    c.model_name = MODELS[name]
-    c.model = dict()
-    c.data.train_transform = "pad_crop(28, 2)|normalize('mnist')"
+    c.seed = a["seed"]
+    c.model_name = MODELS[a["model"]]
+    c.model = dict(MNIST5K_MODEL) if a["model"] == "vit" else dict()
+    c.data.train_transform = MNIST5K_AUGS[a["aug"]]
     c.data.eval_transform = "normalize('mnist')"
     c.batch_size = 128
     c.num_epochs = 30

@@ -54,6 +54,7 @@ from PIL import Image, ImageFilter
 
 from vit_jax.data import transforms
 from vit_jax.data.color_ops import as_uint8, coin, pil_blur, pil_grayscale, pil_jitter, solarize_lut
+from vit_jax.data.random_affine import affine_pil
 
 REFERENCE_SIZE = 224  # blur_sigma is given in pixels of a crop this large (DINO's global crop)
 
@@ -202,19 +203,6 @@ def _norm_tables(mean: tuple[float, ...], std: tuple[float, ...], c: int
     return table, solarized
 
 
-def _rotate_shear(im: Image.Image, angle: float, shear: float) -> Image.Image:
-    """Rotate by `angle` and shear x by `shear` degrees about the centre, bilinear, fill 0."""
-    a, t = math.radians(angle), math.tan(math.radians(shear))
-    # forward map: rotation R then shear S (x' = x + t y); PIL wants the inverse, output -> input
-    fwd = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array([[1.0, t], [0.0, 1.0]])
-    inv = np.linalg.inv(fwd)
-    cx, cy = im.width / 2, im.height / 2   # PIL: pixel i covers [i, i + 1)
-    off = np.array([cx, cy]) - inv @ np.array([cx, cy])
-    return im.transform(im.size, Image.Transform.AFFINE,
-                        (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
-                        resample=Image.Resampling.BILINEAR, fillcolor=0)
-
-
 def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple[float, float],
                   blur_p: float, solarize_p: float, sigma: tuple[float, float],
                   spec: MultiCropSpec, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -225,8 +213,8 @@ def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple
     if spec.flip and rng.random() < 0.5:  # the draw of transforms.random_flip
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotate or spec.shear:
-        im = _rotate_shear(im, rng.uniform(-spec.rotate, spec.rotate) if spec.rotate else 0.0,
-                           rng.uniform(-spec.shear, spec.shear) if spec.shear else 0.0)
+        im = affine_pil(im, rng.uniform(-spec.rotate, spec.rotate) if spec.rotate else 0.0,
+                        shear=rng.uniform(-spec.shear, spec.shear) if spec.shear else 0.0)
     if coin(rng, spec.morph_p):
         filtered = im.filter(ImageFilter.MaxFilter(3) if rng.random() < 0.5 else ImageFilter.MinFilter(3))
         lo, hi = spec.morph_strength

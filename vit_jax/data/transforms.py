@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# RandAugment and random erasing live in their own modules (which do not import this one).
+# RandAugment, random affine and random erasing live in their own modules (not importing this one).
+from vit_jax.data.random_affine import random_affine
 from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
 
@@ -29,13 +30,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # -> [-1, 1], as the original ViT
-STATS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "mnist": (MNIST_MEAN, MNIST_STD),
-    "clip": (CLIP_MEAN, CLIP_STD),
-    "inception": (INCEPTION_MEAN, INCEPTION_STD),
-    "none": ((0.0,), (1.0,)),  # x / 255 only
-}
+STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "mnist": (MNIST_MEAN, MNIST_STD),
+         "clip": (CLIP_MEAN, CLIP_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD),
+         "none": ((0.0,), (1.0,))}  # "none": x / 255 only
 
 Size = int | tuple[int, int]
 
@@ -207,11 +204,11 @@ def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
 OPS: dict[str, Callable[..., np.ndarray]] = {
     f.__name__: f for f in (random_resized_crop, random_flip, resize, center_crop,
                             resize_center_crop, random_crop_with_padding, rand_augment, normalize,
-                            to_rgb, to_gray, random_erasing)}
+                            to_rgb, to_gray, random_affine, random_erasing)}
 AFTER_NORMALIZE = ("random_erasing",)   # ops on the normalised image, after `normalize`
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
            "pad_crop": "random_crop_with_padding", "randaug": "rand_augment",
-           "erase": "random_erasing"}
+           "erase": "random_erasing", "affine": "random_affine"}
 
 
 def _num(x: Any, integer: bool = False) -> bool:
@@ -237,7 +234,9 @@ _ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "spread": (lambda v: v == float("inf") or _num(v) and v >= 0, "must be >= 0 (inf: uniform)"),
     "std": (lambda v: all(_num(x) and x > 0 for x in v), "must be positive numbers"),
     "erase_mode": (lambda v: v in ERASE_MODES, f"must be one of {ERASE_MODES}"),
-}
+    "angle": (lambda v: _num(v) and 0 <= v < 90, "must be in [0, 90) degrees"),
+    "shift": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2
+              and all(_num(x) and 0 <= x <= 1 for x in v), "must be a pair of fractions in [0, 1]")}
 
 
 # Build-time checks of the arguments a spec gives (defaults are valid): a bad value fails naming
@@ -253,7 +252,7 @@ _ARG_KINDS: dict[str, dict[str, str]] = {
                      "prob": "prob"},
     "normalize": {"std": "std"},
     "random_erasing": {"p": "prob", "scale": "range", "ratio": "range", "mode": "erase_mode"},
-}
+    "random_affine": {"degrees": "angle", "translate": "shift", "scale": "range", "shear": "angle"}}
 
 
 def _check_args(op: str, name: str, a: dict[str, Any]) -> None:
