@@ -16,7 +16,8 @@ weight decay 0.05, label smoothing 0.1 in the class head's loss) with class-toke
 on the teacher's augmentation (random affine warps, config_base.MNIST5K_AUGS). Hard distillation:
 0.5 CE(class head, label) + 0.5 CE(distillation head, the teacher's argmax on the same warped
 image). Evaluation: eval/test/accuracy (the averaged heads), accuracy_cls and accuracy_dist (each
-head alone) and accuracy_teacher. Result: README's "Small data from scratch" table.
+head alone) and accuracy_teacher. Measured (README's "Small data from scratch" table, seeds 0-2):
+hard 97.43 +- 0.12 (heads alone 97.40 and 97.40), none 96.80 +- 0.61; the ResNet teacher 99.0.
 """
 from vit_jax import objectives
 from vit_jax.config_base import MNIST5K_AUGS, mnist5k_config
