@@ -16,7 +16,7 @@ The recipe (CCT's, shortened, with a higher lr for the short schedule): AdamW lr
 decay 0.06, batch 128, 2 warm-up epochs then cosine, 30 epochs, label smoothing 0.1, random affine
 warps (config_base.MNIST5K_AUGS; aug=shift: random 2-px shifts); the same for every MODEL.
 Measured on the 2-core CPU (README's "Small data from scratch" table): CCT 98.60 +- 0.10 over
-seeds 0, 1, 2 (98.5, 98.7, 98.6), 14-15 min each beside another run (about 9 min alone);
+seeds 0, 1, 2 (98.5, 98.7, 98.6), 8 min 33 s alone (14-15 min beside another run);
 ViT-Lite 94.7, plain ViT 94.4; the CNN anchor (configs/mnist5k/resnet.py) 99.00 +- 0.20. The bar
 (CCT >= 99.2 in 10 minutes) is not reached. aug=shift: CCT 98.4.
 """
