@@ -10,8 +10,7 @@ digits (config_base.MNIST5K_AUGS), the same as the transformer rows.
 ARG: comma-separated seed=N (the README's spread over seeds) and aug=affine|shift (shift: the
 previous random 2-pixel shifts).
 Measured (README's "Small data from scratch" table, 2-core CPU): 99.00 +- 0.20 over seeds 0, 1, 2
-(99.0, 99.2, 98.8), 10-17 min each beside other runs (not timed alone; the shift recipe took
-7 min 01 s alone). aug=shift: 99.2 and 98.6 (seeds 0, 1).
+(99.0, 99.2, 98.8), 6 min 58 s alone (10-17 min beside other runs). aug=shift: 99.2 and 98.6 (seeds 0, 1).
 """
 from vit_jax import objectives
 from vit_jax.config_base import MNIST5K_AUGS, mnist5k_config, parse_config_arg
