@@ -13,6 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from vit_jax.data.pil_image import from_pil, to_pil
+
 
 def affine_pil(im: Image.Image, angle: float, translate: tuple[float, float] = (0.0, 0.0),
                scale: float = 1.0, shear: float = 0.0) -> Image.Image:
@@ -50,11 +52,5 @@ def random_affine(img: np.ndarray, degrees: float = 10.0, translate: tuple[float
                   scale: tuple[float, float] = (0.9, 1.1), shear: float = 0.0, *,
                   rng: np.random.Generator) -> np.ndarray:
     """(H, W, C) uint8 -> the same, warped by one draw of `sample_affine` (uncovered pixels 0)."""
-    if img.dtype != np.uint8 or img.ndim != 3:
-        raise ValueError(f"random_affine takes an (H, W, C) uint8 image before normalize, "
-                         f"got {img.dtype} {img.shape}")
-    angle, t, s, sh = sample_affine(rng, img.shape[:2], degrees, translate, scale, shear)
-    if img.shape[-1] == 1:
-        out = affine_pil(Image.fromarray(img[..., 0]), angle, t, s, sh)
-        return np.asarray(out, dtype=np.uint8)[..., None]
-    return np.asarray(affine_pil(Image.fromarray(img), angle, t, s, sh), dtype=np.uint8)
+    im = to_pil(img)
+    return from_pil(affine_pil(im, *sample_affine(rng, img.shape[:2], degrees, translate, scale, shear)))

@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# RandAugment, random affine and random erasing live in their own modules (not importing this one).
+# The PIL round trip, RandAugment, random affine and random erasing live in their own modules
+# (which do not import this one).
+from vit_jax.data.pil_image import check_image as _check, from_pil, to_pil
 from vit_jax.data.random_affine import random_affine
 from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
@@ -53,23 +55,6 @@ def get_stats(mean: Sequence[float] | str, std: Sequence[float] | None = None
 
 def _hw(size: Size) -> tuple[int, int]:
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-
-
-def _check(img: np.ndarray) -> np.ndarray:
-    if img.ndim != 3 or img.shape[-1] not in (1, 3) or img.dtype != np.uint8:
-        raise ValueError(f"expected uint8 (H, W, 1|3) image, got {img.dtype} {img.shape}")
-    return img
-
-
-# PIL wants "L" (H, W) or "RGB" (H, W, 3); these two helpers keep the trailing channel axis.
-def to_pil(img: np.ndarray) -> Image.Image:
-    img = _check(img)
-    return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-
-
-def from_pil(im: Image.Image) -> np.ndarray:
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def _resize_box(img: np.ndarray, hw: tuple[int, int], box: tuple[float, float, float, float] | None
