@@ -47,6 +47,10 @@ def test_mnist5k_deit_is_taught_by_the_resnet_anchor_by_default():
                                                                        "hard", True)
     c = load("mnist5k/deit.py", "runs/cct,soft")
     assert (c.distill.teacher, c.distill.type) == ("workdir:runs/cct", "soft")
+    c = load("mnist5k/deit.py", "seed=3,soft,hf:teacher")
+    assert (c.seed, c.distill.type, c.distill.teacher) == (3, "soft", "hf:teacher")
+    with pytest.raises(ValueError, match="seed='x'"):
+        load("mnist5k/deit.py", "seed=x")
     c = load("mnist5k/deit.py", "none")   # the baseline: the same ViT, no token, no teacher
     assert (c.distill.teacher, c.distill.type, c.model.dist_token) == ("", "none", False)
     c = load("mnist5k/tinymim.py", "")

@@ -143,23 +143,29 @@ MNIST5K_AUGS = {"shift": "pad_crop(28, 2)|normalize('mnist')",
                 "affine": "random_affine(10, (0.1, 0.1), (0.9, 1.1))|normalize('mnist')"}
 
 
-def parse_config_arg(arg: str, **options: tuple[object, tuple]) -> dict[str, object]:
+def parse_config_arg(arg: str, **options: tuple[object, tuple | None]) -> dict[str, object]:
     """A config file's ARG "value,key=value,...", checked: options maps key -> (default, allowed);
-    allowed () takes any int >= 0. A bare value sets the first key whose allowed values hold it.
+    allowed () takes any int >= 0, None any string. A bare value sets the first key whose allowed
+    values hold it, else the first free-string key.
 
     parse_config_arg("vit_lite,seed=1", model=("cct", ("cct", "vit_lite")), seed=(0, ()))
     -> {"model": "vit_lite", "seed": 1}
     """
     out = {k: default for k, (default, _) in options.items()}
-    usage = ",".join(f"{k}={'|'.join(map(str, allowed)) or 'N'}" for k, (_, allowed) in options.items())
+    usage = ",".join(f"{k}=" + ("PATH" if allowed is None else "|".join(map(str, allowed)) or "N")
+                     for k, (_, allowed) in options.items())
+    free = next((k for k, (_, allowed) in options.items() if allowed is None), "")
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, eq, value = part.partition("=")
         if not eq:
-            key = next((k for k, (_, allowed) in options.items() if part in allowed), "")
+            key = next((k for k, (_, allowed) in options.items() if allowed and part in allowed), free)
             value = part
         if key not in options:
             raise ConfigError(f"config ARG {arg!r}: {part!r} is not an option; use {usage}")
         allowed = options[key][1]
+        if allowed is None:
+            out[key] = value
+            continue
         if allowed and value not in allowed or not allowed and not value.isdigit():
             raise ConfigError(f"config ARG {arg!r}: {key}={value!r}; use {usage}")
         out[key] = value if allowed else int(value)
