@@ -26,7 +26,9 @@ CASES = [("quickstart.py", ""), ("mnist5k/mae_pretrain.py", ""), ("mnist5k/finet
          ("mnist5k/eva_pretrain.py", "dinov2"), ("imagenet/eva_pretrain.py", ""),
          ("mnist5k/esvit.py", "vr,vit"), ("mnist5k/esvit.py", "v,swin"),
          ("mnist5k/esvit.py", "v,vit,faithful"), ("imagenet/esvit.py", "tiny"),
-         ("mnist5k/deit.py", ""), ("mnist5k/deit.py", "none"), ("mnist5k/tinymim.py", "")]
+         ("mnist5k/deit.py", ""), ("mnist5k/deit.py", "none"), ("mnist5k/tinymim.py", ""),
+         ("cifar/cct.py", ""), ("cifar/cct.py", "5000,model=vit_lite_7_4_32"), ("cifar/resnet.py", ""),
+         ("cifar/resnet.py", "20,seed=1")]
 
 
 def load(path, arg):
@@ -67,6 +69,27 @@ def test_config_args_parse_and_bad_ones_name_the_options():
         with pytest.raises(ValueError, match=word) as e:
             load("mnist5k/cct.py", arg)
         assert "model=cct|vit_lite|vit_lite_seqpool|vit,seed=N,aug=shift|affine" in str(e.value)
+
+
+def test_cifar_recipes_are_the_papers():
+    """CCT's 300-epoch yml and He et al.'s ResNet-56: the numbers a reader checks first."""
+    c = load("cifar/cct.py", "")
+    assert (c.model_name, c.num_epochs, c.optim.lr, c.optim.weight_decay, c.batch_size) == (
+        "cct_7_3x1_32", 310.0, 5.5e-4, 0.06, 128)
+    assert (c.optim.warmup_epochs, c.optim.cooldown_epochs, c.optim.start_lr, c.optim.end_lr) == (10, 10, 1e-5, 1e-5)
+    assert (c.supervised.mixup_alpha, c.supervised.cutmix_alpha, c.supervised.mixup_off_epochs,
+            c.supervised.label_smoothing) == (0.8, 1.0, 175.0, 0.1)
+    assert "increasing=True" in c.data.train_transform and "random_erasing" not in c.data.train_transform
+    c = load("cifar/cct.py", "5000")
+    assert (c.model_name, c.optim.lr, c.supervised.mixup_off_epochs) == ("cct_7_3x1_32_sine", 5e-4, None)
+    assert c.data.train_transform.endswith("|random_erasing(0.25)")
+    c = load("cifar/resnet.py", "")
+    assert (c.model_name, c.optim.name, c.optim.schedule, tuple(c.optim.step_boundaries), c.num_epochs) == (
+        "resnet56_cifar", "sgd", "step", (0.5, 0.75), 164.0)
+    with pytest.raises(ValueError, match="depth='32'"):
+        load("cifar/resnet.py", "depth=32")
+    with pytest.raises(ValueError, match="'cct_7_3x2_32' is not an option"):
+        load("cifar/cct.py", "cct_7_3x2_32")
 
 
 def test_frozen_protocols_read_the_mean_patch_token_on_request():
@@ -112,8 +135,11 @@ def test_config_validates(path, arg, tiny_clip, tiny_digit_classifier):
         cfg.eva.teacher = "hf:" + tiny_clip
     if path in ("mnist5k/deit.py", "mnist5k/tinymim.py") and cfg.distill.teacher:
         cfg.distill.teacher = "hf:" + tiny_digit_classifier
-    if path.startswith("imagenet/"):  # the mock has 8 images: give the real schedule length
+    # the mock has 8 images: give the real schedule length
+    if path.startswith("imagenet/"):
         cfg.total_steps = durations.total_steps(cfg, 1_281_167)
+    if path.startswith("cifar/"):
+        cfg.total_steps = durations.total_steps(cfg, 50_000)
     with tfds.testing.mock_data(num_examples=8):
         plan = validate.validate(cfg)
     assert plan.total_steps >= 0 and isinstance(plan.objective, objectives.get_class(cfg.objective))

@@ -2,6 +2,7 @@
 import math
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,6 +25,21 @@ def test_linear_and_constant():
     assert float(optim.warmup_linear(1.0, 10, 0, 0.0)(5)) == pytest.approx(0.5)
     assert float(optim.constant(2.0, 10, 4)(2)) == pytest.approx(1.0)
     assert float(optim.constant(2.0, 10, 4)(7)) == pytest.approx(2.0)
+
+
+def test_step_schedule_start_lr_and_cooldown():
+    """He et al.'s steps (lr / 10 at 50% and 75% of the run), timm's warmup_lr and cooldown."""
+    f = optim.warmup_step(0.1, 100, 0, boundaries=(0.5, 0.75), factor=0.1)
+    assert [float(f(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])
+    assert float(optim.warmup_step(0.1, 100, 10, start_lr=0.02)(5)) == pytest.approx(0.06)  # 0.02 -> 0.1
+    cfg = ml_collections.ConfigDict(dict(optim=dict(lr=1.0, schedule="cosine", end_lr=0.1, start_lr=0.5)))
+    sched = optim.make_schedule(cfg, 110, warmup_steps=10, cooldown_steps=10)
+    assert float(sched(0)) == pytest.approx(0.5) and float(sched(5)) == pytest.approx(0.75)
+    # the cosine runs over steps 10..100 and the last 10 hold end_lr
+    assert float(sched(55)) == pytest.approx(0.55, rel=1e-5)
+    assert [float(sched(s)) for s in (100, 105, 109)] == pytest.approx([0.1] * 3)
+    cfg.optim.update(dict(schedule="step", step_boundaries=(0.5,), step_factor=0.2, start_lr=0.0))
+    assert [float(optim.make_schedule(cfg, 40, 0)(s)) for s in (19, 20)] == pytest.approx([1.0, 0.2])
 
 
 def test_decay_mask_on_a_real_vit():
@@ -248,12 +264,16 @@ def test_lars_takes_the_weight_decay_schedule():
     ("clip_mode", "per-param", "'per_param'"),
     ("weight_decay_end", float("nan"), "optim.weight_decay_end=nan must be a finite number >= 0"),
     ("weight_decay_end", float("inf"), "optim.weight_decay_end=inf"),
+    ("step_boundaries", (0.75, 0.5), r"schedule='step' needs optim.step_boundaries as increasing"),
+    ("step_factor", 0.0, r"optim.step_factor > 0 \(got 0.0\)"),
 ])
 def test_validation_of_the_new_optim_keys(key, value, message):
     from vit_jax import validate
     from vit_jax.config_base import base_config
     cfg = base_config()
     cfg.optim[key] = value
+    if key.startswith("step_"):
+        cfg.optim.schedule = "step"
     with pytest.raises(validate.ConfigError, match=message):
         validate.validate(cfg)  # fails in the number checks, before any data or model
     for good in ({"clip_mode": "per_param"}, {"weight_decay_end": 0.4}, {"weight_decay_end": -1.0}):

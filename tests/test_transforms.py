@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.tiny_config import get_config
+from vit_jax import objectives
 from vit_jax.data import mixup, randaugment, transforms as T
+from vit_jax.data.info import DataInfo
 
 
 def _img(h=20, w=30, c=3, seed=0):
@@ -97,7 +100,7 @@ def test_normalize_values():
     assert out.dtype == np.float32
     with pytest.raises(ValueError, match="does not fit a 1-channel image"):
         T.normalize(img, "imagenet")
-    with pytest.raises(ValueError, match="valid: imagenet, mnist, clip, inception, none"):
+    with pytest.raises(ValueError, match="valid: imagenet, mnist, clip, inception, cifar10, none"):
         T.normalize(img, "cifar")
 
 
@@ -118,6 +121,30 @@ def test_rand_augment_every_op(c):
     np.testing.assert_array_equal(full, 255 - img)
     black = T.rand_augment(img, 1, 0, 0.0, rng=_rng(), ops=("Posterize",), prob=1.0)
     assert black.max() == 0  # magnitude 0 keeps 0 bits, as timm
+
+
+def test_rand_augment_increasing_ops_grow_with_the_magnitude():
+    """timm's inc1 variants: stronger with the magnitude, 10 the strongest (closed forms)."""
+    img = _img(c=3)
+    assert set(randaugment.RAND_AUGMENT_INCREASING_OPS) - set(T.RAND_AUGMENT_OPS) == {
+        "PosterizeIncreasing", "SolarizeIncreasing", "ColorIncreasing", "ContrastIncreasing",
+        "BrightnessIncreasing", "SharpnessIncreasing"}
+    one = lambda op, m, seed=0: T.rand_augment(img, 1, m, 0.0, rng=_rng(seed), ops=(op,), prob=1.0)
+    for op in ("SolarizeIncreasing", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+               "SharpnessIncreasing"):   # magnitude 0: the identity
+        np.testing.assert_array_equal(one(op, 0), img, err_msg=op)
+    np.testing.assert_array_equal(one("PosterizeIncreasing", 0), img & 0xF0)   # 4 bits, as timm
+    np.testing.assert_array_equal(one("SolarizeIncreasing", 10), 255 - img)   # threshold 0
+    assert one("PosterizeIncreasing", 10).max() == 0                           # 0 bits kept
+    np.testing.assert_array_equal(one("PosterizeIncreasing", 5), img & 0xC0)   # 4 - 2 = 2 bits
+    # brightness factor 1 +- 0.9: both signs occur over seeds, never below the 0.1 floor
+    means = {round(float(one("BrightnessIncreasing", 10, seed).mean()) / img.mean(), 1) for seed in range(8)}
+    assert means <= {0.1, 1.5, 1.6, 1.7, 1.8, 1.9} and 0.1 in means and len(means) >= 2
+    # increasing=True draws from the inc1 set; the spec takes it and refuses a non-flag
+    spec = T.build("randaug(2, 9, 0.5, increasing=True)|normalize", mean="imagenet")
+    assert spec({"image": img, "label": 0}, _rng())["image"].shape == img.shape
+    with pytest.raises(ValueError, match="increasing=1 must be True or False"):
+        T.build("randaug(2, 9, increasing=1)|normalize", mean="imagenet")
 
 
 # ------------------------------------------------------------------------------ spec parser
@@ -234,3 +261,21 @@ def test_switch_under_jit():
         np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
         kinds.add("cutmix" if bool(jnp.all((x[0] == 0) | (x[0] == 3))) else "mixup")
     assert kinds == {"cutmix", "mixup"}  # both picked over 12 draws
+
+
+def test_mixing_stops_at_mixup_off():
+    """supervised.mixup_off_*: the loss mixes before the step and is the plain loss from it on."""
+    cfg = get_config()
+    cfg.supervised.update(dict(mixup_alpha=0.8, cutmix_alpha=1.0, mixup_off_epochs=1.0))
+    info = DataInfo(num_classes=10, image_shape=(8, 8, 1), num_train=160)   # 1 epoch = 10 steps
+    mixed = objectives.build(cfg, info)
+    assert mixed.mix_steps == 10
+    cfg.supervised.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0))
+    plain = objectives.build(cfg, info)
+    batch = {"image": jax.random.normal(jax.random.key(0), (16, 8, 8, 1)), "label": jnp.arange(16) % 10}
+    params, extra = mixed.init(jax.random.key(1), batch)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape), params)  # not a zero head
+    loss = jax.jit(lambda o, step: o.loss(params, extra, batch, jax.random.key(2), step)[0],
+                   static_argnums=0)
+    assert float(loss(mixed, 9)) != pytest.approx(float(loss(plain, 9)), rel=1e-3)
+    assert float(loss(mixed, 10)) == pytest.approx(float(loss(plain, 10)), rel=1e-6)

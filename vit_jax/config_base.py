@@ -54,6 +54,10 @@ def base_config() -> mlc.ConfigDict:
     c.optim = mlc.ConfigDict(dict(
             name="adamw", lr=1e-3, schedule="cosine", end_lr=0.0,
             **durations.placeholders("warmup"),   # warmup_steps | warmup_epochs | warmup_examples
+            start_lr=0.0,                 # the warmup starts here (timm's warmup_lr)
+            # the last steps hold the schedule's end (timm's cooldown_epochs at min_lr)
+            **durations.placeholders("cooldown"),  # cooldown_steps | cooldown_epochs | cooldown_examples
+            step_boundaries=(0.5, 0.75), step_factor=0.1,   # schedule="step": lr *= factor at these fractions of the run
             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, clip_norm=1.0,
         layer_decay=1.0,              # < 1: layer-wise lr decay (MAE/BEiT fine-tuning)
         trust_coefficient=0.001,      # LARS only
@@ -183,6 +187,24 @@ def mnist5k_config() -> mlc.ConfigDict:
     c.model = mlc.ConfigDict(dict(MNIST5K_MODEL))
     c.batch_size = 128
     c.eval_batch_size = 512
+    return c
+
+
+def cifar10_config(data_dir: str = "") -> mlc.ConfigDict:
+    """base_config() on tfds cifar10 (array_record, prepared by the user: 50,000 train / 10,000
+    test images at 32 px), normalised with CIFAR-10's statistics, batch 128."""
+    c = base_config()
+    c.data.name = "tfds:cifar10"
+    c.data.data_dir = data_dir
+    c.data.eval_split = "test"
+    c.data.train_transform = "pad_crop(32, 4)|flip|normalize('cifar10')"
+    c.data.eval_transform = "normalize('cifar10')"
+    c.data.workers = 8
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.log_every = 100
+    c.eval_every_epochs = 10
+    c.checkpoint_every_epochs = 10
     return c
 
 

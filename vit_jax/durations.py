@@ -4,6 +4,8 @@ A duration NAME has up to three keys in its config section, one per unit:
 
     total             total_steps | num_epochs | total_examples        (config)
     warmup            warmup_steps | warmup_epochs | warmup_examples    (config.optim)
+    cooldown          cooldown_steps | cooldown_epochs | cooldown_examples (config.optim)
+    mixup_off         mixup_off_steps | mixup_off_epochs | mixup_off_examples (config.supervised)
     eval_every        eval_every | eval_every_epochs | eval_every_examples
     checkpoint_every  checkpoint_every | checkpoint_every_epochs | checkpoint_every_examples
     an evaluator's    every_steps | every_epochs | every_examples       (config.evals.NAME)
@@ -33,13 +35,15 @@ class Keys:
 DURATIONS: dict[str, Keys] = {
     "total": Keys("total_steps", "num_epochs", "total_examples"),
     "warmup": Keys("warmup_steps", "warmup_epochs", "warmup_examples"),
+    "cooldown": Keys("cooldown_steps", "cooldown_epochs", "cooldown_examples"),
+    "mixup_off": Keys("mixup_off_steps", "mixup_off_epochs", "mixup_off_examples"),
     "eval_every": Keys("eval_every", "eval_every_epochs", "eval_every_examples"),
     "checkpoint_every": Keys("checkpoint_every", "checkpoint_every_epochs", "checkpoint_every_examples"),
     "every": Keys("every_steps", "every_epochs", "every_examples"),
 }
 
 # The resolved value when no unit is given.
-DEFAULT_STEPS = {"warmup": 0, "eval_every": 500, "checkpoint_every": 500}
+DEFAULT_STEPS = {"warmup": 0, "cooldown": 0, "eval_every": 500, "checkpoint_every": 500}
 DEFAULT_EPOCHS = 10.0   # a run that gives no total
 
 
@@ -112,11 +116,12 @@ def total_steps(config: Any, num_train: int) -> int:
 
 
 def all_steps(config: Any, num_train: int, note: Callable[[str], None] = print) -> dict[str, int]:
-    """Every run-level duration of `config` in steps: total, warmup, eval_every, checkpoint_every."""
+    """Every run-level duration of `config` in steps: total, warmup, cooldown, eval_every,
+    checkpoint_every."""
     b, drop = config.batch_size, drop_remainder(config)
     out = {"total": total_steps(config, num_train)}
-    out["warmup"] = resolve(config.optim, "warmup", num_train, b, DEFAULT_STEPS["warmup"], "optim", note,
-                            drop)
+    for name in ("warmup", "cooldown"):
+        out[name] = resolve(config.optim, name, num_train, b, DEFAULT_STEPS[name], "optim", note, drop)
     for name in ("eval_every", "checkpoint_every"):
         out[name] = resolve(config, name, num_train, b, DEFAULT_STEPS[name], note=note, drop=drop)
     return out

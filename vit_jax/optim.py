@@ -55,6 +55,20 @@ def warmup_linear(base_lr: float, total_steps: int, warmup_steps: int = 0,
     return _warmup_then(decay, base_lr, warmup_steps, start_lr)
 
 
+def warmup_step(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
+                start_lr: float = 0.0, boundaries: tuple[float, ...] = (0.5, 0.75),
+                factor: float = 0.1) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup, then `base_lr` times `factor` once per boundary passed; `boundaries` are
+    fractions of `total_steps` counted from step 0 (He et al.'s CIFAR ResNets: lr / 10 at 32k and
+    48k of 64k iterations = (0.5, 0.75)). `end_lr` is unused (the steps set the floor)."""
+    del end_lr
+    edges = jnp.asarray([b * total_steps for b in boundaries], jnp.float32)
+
+    def decay(step):
+        return base_lr * factor ** jnp.sum(step >= edges)
+    return _warmup_then(decay, base_lr, warmup_steps, start_lr)
+
+
 def constant(base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
              start_lr: float = 0.0) -> Callable[[jax.Array], jax.Array]:
     """Linear warmup, then `base_lr`."""
@@ -111,7 +125,7 @@ def scanned_mask(params: Any) -> Any:
 
 
 OPTIMIZERS = ("adamw", "sgd", "lars")
-SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant}
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant, "step": warmup_step}
 CLIP_MODES = ("global", "per_param")
 
 
@@ -135,12 +149,22 @@ def decay_mask(params: Any, no_decay: frozenset[str] = NO_DECAY_NAMES, rule: str
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_schedule(cfg, total_steps: int, warmup_steps: int | None = None) -> Callable[[jax.Array], jax.Array]:
-    """The lr schedule from `config.optim` (lr, schedule, end_lr) over `total_steps`; warmup_steps
-    as resolved by vit_jax/durations.py (None: optim.warmup_steps, 0 when unset)."""
+def make_schedule(cfg, total_steps: int, warmup_steps: int | None = None, cooldown_steps: int = 0
+                  ) -> Callable[[jax.Array], jax.Array]:
+    """The lr schedule from `config.optim` over `total_steps`: `schedule` (cosine | linear |
+    constant | step), `lr`, `end_lr`, `start_lr` (where the linear warmup starts: timm's
+    warmup_lr), and for "step" its `step_boundaries` and `step_factor`. warmup_steps and
+    cooldown_steps as resolved by vit_jax/durations.py (None: optim.warmup_steps, 0 when unset);
+    the last `cooldown_steps` hold the schedule's final value (timm's cooldown_epochs at min_lr)."""
+    o = cfg.optim
     if warmup_steps is None:
-        warmup_steps = cfg.optim.get("warmup_steps") or 0
-    return SCHEDULES[cfg.optim.schedule](cfg.optim.lr, total_steps, warmup_steps, cfg.optim.end_lr)
+        warmup_steps = o.get("warmup_steps") or 0
+    extra = {}
+    if o.schedule == "step":
+        extra = dict(boundaries=tuple(o.get("step_boundaries", (0.5, 0.75))),
+                     factor=float(o.get("step_factor", 0.1)))
+    return SCHEDULES[o.schedule](o.lr, max(total_steps - cooldown_steps, 1), warmup_steps, o.end_lr,
+                                 float(o.get("start_lr", 0.0)), **extra)
 
 
 def layer_id(path: str, num_layers: int) -> int:
@@ -273,7 +297,7 @@ def _base_optimizer(o, schedule, wd, decay_rule: str) -> optax.GradientTransform
 
 def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | None = None,
                    warmup_steps: int | None = None, decay_rule: str = "timm",
-                   held: tuple[str, int] | None = None
+                   held: tuple[str, int] | None = None, cooldown_steps: int = 0
                    ) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW, SGD or LARS with the schedule, a decay mask (constant or cosine weight decay),
     global-norm or per-parameter clipping and optional per-leaf lr factors (applied to the whole
@@ -286,7 +310,7 @@ def make_optimizer(cfg, params: Any, total_steps: int, lr_multipliers: Any | Non
     schedules continue where they are at step S.
     """
     o = cfg.optim
-    schedule = make_schedule(cfg, total_steps, warmup_steps)
+    schedule = make_schedule(cfg, total_steps, warmup_steps, cooldown_steps)
     wd = make_weight_decay(cfg, total_steps)
     opt = _base_optimizer(o, schedule, wd, decay_rule)
     if held is not None and int(held[1]) > 0:

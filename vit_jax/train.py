@@ -167,7 +167,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     abstract_vars = jax.eval_shape(objective.init, rng, example)
     tx, schedule = optim.make_optimizer(config, abstract_vars[0], max(total_steps, 1), plan.lr_factors,
                                         plan.steps["warmup"], objective.weight_decay_rule,
-                                        objective.held)
+                                        objective.held, plan.steps["cooldown"])
     ema = config.ema_decay > 0
     abstract = jax.eval_shape(lambda p, e, r: state_lib.create(p, e, tx, r, ema), *abstract_vars, rng)
     state_shardings = sharding.tree_shardings(abstract, mesh)

@@ -85,6 +85,13 @@ def _check_numbers(c) -> None:
         _fail(f"optim.lr={o.lr} must be a positive finite number")
     if (o.warmup_steps or 0) < 0 or o.weight_decay < 0 or o.clip_norm < 0 or o.end_lr < 0:
         _fail("optim.warmup_steps, weight_decay, clip_norm and end_lr must be >= 0")
+    if not (0 <= o.start_lr <= o.lr):
+        _fail(f"optim.start_lr={o.start_lr} (where the warmup starts) must be in [0, optim.lr={o.lr}]")
+    bounds = tuple(o.step_boundaries)
+    if o.schedule == "step" and (not all(0 < b <= 1 for b in bounds) or list(bounds) != sorted(bounds)
+                                 or not o.step_factor > 0):
+        _fail(f"schedule='step' needs optim.step_boundaries as increasing fractions of the run in "
+              f"(0, 1] (got {bounds}) and optim.step_factor > 0 (got {o.step_factor})")
     if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
         _fail(f"optim.b1={o.b1} and optim.b2={o.b2} must be in [0, 1)")
     if o.clip_mode not in optim.CLIP_MODES:
@@ -191,9 +198,9 @@ def validate(c) -> Plan:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     total = steps["total"]
-    if total and steps["warmup"] > total:
-        _fail(f"the warmup (optim.warmup_steps/_epochs/_examples: {steps['warmup']} steps) exceeds "
-              f"the {total} training steps")
+    if total and steps["warmup"] + steps["cooldown"] > total:
+        _fail(f"the warmup (optim.warmup_steps/_epochs/_examples: {steps['warmup']} steps) and the "
+              f"cooldown (optim.cooldown_*: {steps['cooldown']} steps) exceed the {total} training steps")
     info = DataInfo(num_classes=int(getattr(train_src, "num_classes", 0) or 0),
                                     image_shape=tuple(example["image"].shape), num_train=len(train_src))
     try:

@@ -15,8 +15,20 @@ from PIL import Image, ImageEnhance, ImageOps
 RAND_AUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
                     "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX",
                     "ShearY", "TranslateX", "TranslateY")
+# timm's "inc1" set (rand-m9-mstd0.5-inc1, CCT's CIFAR recipe): posterize, solarize and the four
+# enhancers replaced by variants that grow stronger with the magnitude (timm's *Increasing ops).
+RAND_AUGMENT_INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
+                               "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing",
+                               "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
+                               "ShearX", "ShearY", "TranslateX", "TranslateY")
 _ENHANCERS = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
               "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
+
+
+def _posterize(im: Image.Image, bits: int) -> Image.Image:
+    """Keep the `bits` (0..8) high bits of every channel (own LUT: PIL's posterize rejects 0)."""
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return im.point([i & mask for i in range(256)] * len(im.getbands()))
 
 
 def apply_op(im: Image.Image, name: str, level: float, rng: np.random.Generator,
@@ -29,16 +41,23 @@ def apply_op(im: Image.Image, name: str, level: float, rng: np.random.Generator,
     if name == "Invert":
         return ImageOps.invert(im)
     if name == "Posterize":  # keep int(4 * level) high bits: 0..4, lower is stronger (timm)
-        mask = (0xFF << (8 - int(level * 4))) & 0xFF  # own LUT: PIL's posterize rejects 0 bits
-        return im.point([i & mask for i in range(256)] * len(im.getbands()))
+        return _posterize(im, int(level * 4))
+    if name == "PosterizeIncreasing":  # keep 4 - int(4 * level) bits: stronger with the level
+        return _posterize(im, 4 - int(level * 4))
     if name == "Solarize":  # threshold 0..256: pixels >= threshold are inverted
         return ImageOps.solarize(im, int(level * 256))
+    if name == "SolarizeIncreasing":  # threshold 256 - int(256 * level): level 1 inverts all
+        return ImageOps.solarize(im, 256 - int(level * 256))
     if name == "SolarizeAdd":  # add 0..110 to pixels below 128
         add = int(level * 110)
         lut = [min(255, i + add) if i < 128 else i for i in range(256)]
         return im.point(lut * len(im.getbands()))
     if name in _ENHANCERS:  # factor 0.1..1.9, 1 = identity
         return _ENHANCERS[name](im).enhance(level * 1.8 + 0.1)
+    if name.endswith("Increasing") and name[:-len("Increasing")] in _ENHANCERS:
+        # factor 1 +- 0.9 level (random sign), at least 0.1: 1 = identity, stronger with the level
+        sign = -1.0 if rng.random() < 0.5 else 1.0
+        return _ENHANCERS[name[:-len("Increasing")]](im).enhance(max(0.1, 1.0 + sign * 0.9 * level))
     # Geometric ops: random sign, random bilinear/bicubic as timm, constant fill outside.
     sign = -1.0 if rng.random() < 0.5 else 1.0
     resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
@@ -56,15 +75,18 @@ def apply_op(im: Image.Image, name: str, level: float, rng: np.random.Generator,
     elif name == "ShearY":
         coeffs = (1, 0, 0, v, 1, 0)
     else:
-        raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RAND_AUGMENT_OPS)}")
+        valid = dict.fromkeys(RAND_AUGMENT_OPS + RAND_AUGMENT_INCREASING_OPS)
+        raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(valid)}")
     return im.transform(im.size, Image.AFFINE, coeffs, resample=resample, fillcolor=fill)
 
 
 def rand_augment_pil(im: Image.Image, num_ops: int = 2, magnitude: float = 9,
                      magnitude_std: float = 0.5, *, rng: np.random.Generator,
                      fill: int | tuple[int, ...] = 128, prob: float = 0.5,
-                     ops: Sequence[str] = RAND_AUGMENT_OPS) -> Image.Image:
+                     ops: Sequence[str] | None = None, increasing: bool = False) -> Image.Image:
     """The RandAugment policy on a PIL image; see vit_jax.data.transforms.rand_augment."""
+    if ops is None:
+        ops = RAND_AUGMENT_INCREASING_OPS if increasing else RAND_AUGMENT_OPS
     for k in rng.integers(0, len(ops), size=num_ops):
         if rng.random() >= prob:
             continue

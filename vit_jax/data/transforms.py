@@ -25,15 +25,17 @@ from PIL import Image
 from vit_jax.data.pil_image import check_image as _check, from_pil, to_pil
 from vit_jax.data.random_affine import random_affine
 from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
-from vit_jax.data.randaugment import RAND_AUGMENT_OPS, rand_augment_pil
+from vit_jax.data.randaugment import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, rand_augment_pil
 
 # Preset (mean, std) in [0, 1] pixel units.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # -> [-1, 1], as the original ViT
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CCT's and timm's CIFAR stats
 STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "mnist": (MNIST_MEAN, MNIST_STD),
          "clip": (CLIP_MEAN, CLIP_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD),
+         "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
          "none": ((0.0,), (1.0,))}  # "none": x / 255 only
 
 Size = int | tuple[int, int]
@@ -171,16 +173,17 @@ def to_gray(img: np.ndarray) -> np.ndarray:
 def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
                  magnitude_std: float = 0.5, *, rng: np.random.Generator,
                  fill: int | tuple[int, ...] = 128, prob: float = 0.5,
-                 ops: Sequence[str] = RAND_AUGMENT_OPS) -> np.ndarray:
-    """timm-style RandAugment "rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}". (H, W, 1|3) uint8.
+                 ops: Sequence[str] | None = None, increasing: bool = False) -> np.ndarray:
+    """timm-style RandAugment "rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}[-inc1]". (H, W, 1|3) uint8.
 
     ``num_ops`` ops drawn with replacement from ``ops``; each is applied with probability ``prob``
     (0.5 in timm) at magnitude ~ N(magnitude, magnitude_std) (U(0, magnitude) when std is inf),
-    clipped to [0, 10]. ``fill`` colours the area that geometric ops uncover. The ops and the
+    clipped to [0, 10]. ``fill`` colours the area that geometric ops uncover. ``increasing``
+    ("inc1"): the op set whose posterize, solarize and enhancers grow stronger with the magnitude. The ops and the
     policy live in vit_jax/data/randaugment.py (on PIL images); this is the array op.
     """
     return from_pil(rand_augment_pil(to_pil(img), num_ops, magnitude, magnitude_std, rng=rng,
-                                     fill=fill, prob=prob, ops=ops))
+                                     fill=fill, prob=prob, ops=ops, increasing=increasing))
 
 
 # ----------------------------------------------------------------------------- spec strings
@@ -216,6 +219,7 @@ _ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "count": (lambda v: _num(v, True) and v >= 0, "must be an int >= 0"),
     "pixel": (lambda v: _num(v, True) and 0 <= v <= 255, "must be an int in [0, 255]"),
     "magnitude": (lambda v: _num(v) and 0 <= v <= 10, "must be in [0, 10] (RandAugment levels)"),
+    "flag": (lambda v: isinstance(v, bool), "must be True or False"),
     "spread": (lambda v: v == float("inf") or _num(v) and v >= 0, "must be >= 0 (inf: uniform)"),
     "std": (lambda v: all(_num(x) and x > 0 for x in v), "must be positive numbers"),
     "erase_mode": (lambda v: v in ERASE_MODES, f"must be one of {ERASE_MODES}"),
@@ -234,7 +238,7 @@ _ARG_KINDS: dict[str, dict[str, str]] = {
     "resize_center_crop": {"size": "size", "crop_pct": "fraction"},
     "random_crop_with_padding": {"size": "size", "padding": "count", "fill": "pixel"},
     "rand_augment": {"num_ops": "count", "magnitude": "magnitude", "magnitude_std": "spread",
-                     "prob": "prob"},
+                     "prob": "prob", "increasing": "flag"},
     "normalize": {"std": "std"},
     "random_erasing": {"p": "prob", "scale": "range", "ratio": "range", "mode": "erase_mode"},
     "random_affine": {"degrees": "angle", "translate": "shift", "scale": "range", "shear": "angle"}}
@@ -338,9 +342,9 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
             elif name in AFTER_NORMALIZE and "normalize" not in names[:k]:
                 raise ValueError(f"{item!r} works on the normalised image: put it after "
                                  f"normalize (e.g. \"...|normalize('mnist')|{op}\") in {items}")
-            if "ops" in a and set(a["ops"]) - set(RAND_AUGMENT_OPS):
-                raise ValueError(f"transform {item!r}: RandAugment ops are "
-                                 f"{', '.join(RAND_AUGMENT_OPS)}")
+            valid_ops = dict.fromkeys(RAND_AUGMENT_OPS + RAND_AUGMENT_INCREASING_OPS)
+            if "ops" in a and set(a["ops"]) - set(valid_ops):
+                raise ValueError(f"transform {item!r}: RandAugment ops are {', '.join(valid_ops)}")
             sig.bind(**a)  # every required argument present
         except TypeError as e:
             params = ", ".join(sig.parameters)

@@ -6,6 +6,7 @@ Files are imported when their method is built, so a broken method never breaks t
 """
 from __future__ import annotations
 
+import copy
 import importlib
 
 import ml_collections as mlc
@@ -39,7 +40,8 @@ def get_class(name: str) -> type[Objective]:
 
 def default_config(name: str) -> mlc.ConfigDict:
     """The config section of method `name` with its defaults: `c.NAME = default_config("NAME")`."""
-    return mlc.ConfigDict(dict(get_class(name).defaults))
+    # a deep copy: placeholders (FieldReferences) must not be shared between configs
+    return mlc.ConfigDict(copy.deepcopy(dict(get_class(name).defaults)))
 
 
 def build(config: mlc.ConfigDict, info: DataInfo) -> Objective:

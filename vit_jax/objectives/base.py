@@ -8,6 +8,8 @@ by the loop: init_from (vit_jax/init_from.py), freezing (optim.freeze) and layer
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -28,7 +30,7 @@ Metrics = dict[str, jax.Array]
 def section(config: mlc.ConfigDict, key: str, defaults: dict) -> mlc.ConfigDict:
     """`config.<key>` laid over `defaults`: a config without the section gets the defaults; a key
     the method does not know is an error naming the valid ones."""
-    out = mlc.ConfigDict(dict(defaults))
+    out = mlc.ConfigDict(copy.deepcopy(dict(defaults)))   # placeholders are not shared
     given = config.get(key)
     if given is not None:
         unknown = sorted(set(given.keys()) - set(out.keys()))

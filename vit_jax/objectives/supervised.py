@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import models
+from vit_jax import durations, models
 from vit_jax.data import mixup as mixup_lib
 from vit_jax.objectives.base import Objective, apply_module, backbone_kwargs, init_module, require_classes
 
@@ -21,7 +21,9 @@ def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, ja
 
 class Supervised(Objective):
     """params = the backbone's (with its head); extra = its other collections (BatchNorm stats)."""
-    defaults = dict(label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0)
+    # mixup_off_*: mixing stops after this many steps | epochs | examples (CCT's mixup_off_epoch)
+    defaults = dict(label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0,
+                    **durations.placeholders("mixup_off"))
 
     def __init__(self, config, info):
         super().__init__(config, info)
@@ -32,6 +34,9 @@ class Supervised(Objective):
             raise ValueError("supervised.mixup_alpha and supervised.cutmix_alpha must be >= 0 (0 turns them off)")
         if not 0.0 <= s.mix_prob <= 1.0:
             raise ValueError(f"supervised.mix_prob={s.mix_prob} must be in [0, 1]")
+        # None: mixing throughout
+        self.mix_steps = durations.resolve(s, "mixup_off", info.num_train, config.batch_size,
+                                           where="supervised", drop=durations.drop_remainder(config))
         require_classes(info, "the supervised objective")
         self.backbone = models.create(config.model_name, **backbone_kwargs(config, info))
         self.num_classes = info.num_classes
@@ -48,8 +53,9 @@ class Supervised(Objective):
         images = batch["image"]
         targets = mixup_lib.one_hot_smooth(batch["label"], self.num_classes, s.label_smoothing)
         if s.mixup_alpha > 0 or s.cutmix_alpha > 0:
+            prob = s.mix_prob if self.mix_steps is None else jnp.where(step < self.mix_steps, s.mix_prob, 0.0)
             images, targets = mixup_lib.mixup_cutmix(rng_mix, images, targets, s.mixup_alpha,
-                                                     s.cutmix_alpha, prob=s.mix_prob)
+                                                     s.cutmix_alpha, prob=prob)
         logits, _, extra = apply_module(self.backbone, params, extra, images, True, rng_drop)
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
