@@ -1,8 +1,10 @@
 """The input pipeline: deterministic, process-sharded, resumable, eval padding."""
+import os
+
 import numpy as np
 import pytest
 
-from vit_jax.data import pipeline
+from vit_jax.data import bench as data_bench, pipeline
 
 
 class Toy:
@@ -74,3 +76,19 @@ def test_eval_batches_cover_every_example_once_with_mask():
 def test_bad_batch_for_processes():
     with pytest.raises(ValueError, match="not divisible"):
         pipeline.TrainPipeline(Toy(), noisy, 5, seed=0, process_count=2)
+
+
+def test_data_bench_prints_the_rate_last(capsys, tmp_path):
+    """python -m vit_jax.data.bench: the pipeline train.py would build, its rate printed last."""
+    cfg_file = os.path.join(os.path.dirname(__file__), "tiny_config.py")
+    data_bench.main(["--config", cfg_file, "--workers", "1", "--steps", "2", "--warmup", "1",
+                     "--repeats", "2", "--set", "batch_size=8", "--set", "data.prefetch=1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "batch 8, workers 1, prefetch 1" in lines[0]
+    assert [l.startswith("window ") for l in lines[1:3]] == [True, True]
+    key, value = lines[-1].split(": ")
+    assert key == "images_per_sec" and float(value) > 0
+    with pytest.raises(SystemExit, match="use KEY=VALUE"):
+        data_bench.main(["--config", cfg_file, "--set", "batch_size"])
+    with pytest.raises(SystemExit, match="the config has no key 'batch_sise'"):
+        data_bench.main(["--config", cfg_file, "--set", "batch_sise=8"])

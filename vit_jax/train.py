@@ -206,10 +206,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         ckpt.manager.reload()
     if resuming:
         _log(f"resumed from {ckpt.directory}/{start}")
-    pipe = pipeline_lib.TrainPipeline(plan.train_source, plan.train_transform, config.batch_size,
-                                      config.seed, jax.process_index(), jax.process_count(),
-                                      config.data.workers, config.data.prefetch,
-                                      drop_remainder=bool(config.data.drop_remainder))
+    pipe = pipeline_lib.for_config(plan.train_source, plan.train_transform, config,
+                                   jax.process_index(), jax.process_count())
     pipe.set_state(data_state)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "

@@ -186,6 +186,15 @@ class TrainPipeline:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def for_config(source: Sequence[dict], transform: Transform, config: Any, process_index: int = 0,
+               process_count: int = 1) -> TrainPipeline:
+    """The training pipeline a config asks for (train.py and vit_jax.data.bench build it here):
+    config.batch_size, seed, data.workers, data.prefetch and data.drop_remainder."""
+    return TrainPipeline(source, transform, config.batch_size, config.seed, process_index,
+                         process_count, config.data.workers, config.data.prefetch,
+                         drop_remainder=bool(config.data.get("drop_remainder", False)))
+
+
 def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], global_batch: int,
                                   process_index: int = 0, process_count: int = 1,
                                   workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
