@@ -1,10 +1,15 @@
 """The input pipeline: deterministic, process-sharded, resumable, eval padding."""
 import os
+import pickle
 
 import numpy as np
 import pytest
 
+from vit_jax import validate
+from vit_jax.config_base import load_config_file
 from vit_jax.data import bench as data_bench, pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Toy:
@@ -92,3 +97,17 @@ def test_data_bench_prints_the_rate_last(capsys, tmp_path):
         data_bench.main(["--config", cfg_file, "--set", "batch_size"])
     with pytest.raises(SystemExit, match="the config has no key 'batch_sise'"):
         data_bench.main(["--config", cfg_file, "--set", "batch_sise=8"])
+
+
+@pytest.mark.parametrize("config,arg", [("quickstart.py", None), ("mnist5k/esvit.py", "v,vit")])
+def test_training_transform_pickles_for_worker_processes(config, arg):
+    """A worker process receives the plan's transform (spec ops + the method's host step, here
+    EsViT's multi-crop) by pickle; the copy makes the same example from the same rng."""
+    cfg = load_config_file(os.path.join(ROOT, "configs", config), arg)
+    plan = validate.validate(cfg)
+    copy = pickle.loads(pickle.dumps(plan.train_transform))
+    a = plan.train_transform(dict(plan.train_source[7]), np.random.default_rng([0, 7]))
+    b = copy(dict(plan.train_source[7]), np.random.default_rng([0, 7]))
+    assert a.keys() == b.keys() and len(a) >= 2
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -131,10 +131,21 @@ def _transform(spec: str, key: str, info: dict) -> Callable:
         _fail(f"data.{key}={spec!r}: {e}")
 
 
+class MethodStep:
+    """The data transform, then the method's own per-example host step (`prepare_example`).
+    A class rather than a closure so that it pickles, as worker processes receive it."""
+
+    def __init__(self, transform: Callable, objective: objectives.Objective):
+        self.transform, self.objective = transform, objective
+
+    def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+        return self.objective.prepare_example(self.transform(example, rng), rng)
+
+
 def _with_method(transform: Callable, objective: objectives.Objective) -> Callable:
     if type(objective).prepare_example is objectives.Objective.prepare_example:  # the default: as is
         return transform
-    return lambda ex, rng: objective.prepare_example(transform(ex, rng), rng)
+    return MethodStep(transform, objective)
 
 
 def source_kwargs(data) -> dict:

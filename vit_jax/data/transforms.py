@@ -302,7 +302,7 @@ def parse_op(item: str) -> tuple[str, tuple, dict[str, Any]]:
 
 def build(spec: str | Sequence[str], image_size: Size | None = None,
           mean: Sequence[float] | str = "imagenet", std: Sequence[float] | None = None
-          ) -> Callable[..., dict[str, Any]]:
+          ) -> SpecTransform:
     """Spec -> fn(example, rng=None) -> example with "image" float32 (H, W, C), "label" int32.
 
     rng (a np.random.Generator) is needed only when the spec has a random op (one taking rng).
@@ -354,13 +354,22 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
     if not any(fn is normalize for fn, _, _, _ in fns):
         _check_args("normalize", "normalize", {"std": std})
         fns.append((normalize, {"mean": mean, "std": std}, False, "normalize"))
-    random_ops = [fn.__name__ for fn, _, needs_rng, _ in fns if needs_rng]
+    return SpecTransform(fns)
 
-    def apply(example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        if rng is None and random_ops:  # eval pipelines call fn(example): they must be fixed
-            raise ValueError(f"transforms {random_ops} are random: call fn(example, rng)")
+
+class SpecTransform:
+    """A built spec: fn(example, rng=None) -> example (see `build`). A class rather than a
+    closure so that it pickles: worker processes receive the transform that way."""
+
+    def __init__(self, fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool, str]]):
+        self.fns = fns
+        self.random_ops = [fn.__name__ for fn, _, needs_rng, _ in fns if needs_rng]
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        if rng is None and self.random_ops:  # eval pipelines call fn(example): they must be fixed
+            raise ValueError(f"transforms {self.random_ops} are random: call fn(example, rng)")
         img = np.asarray(example["image"])
-        for fn, a, needs_rng, op in fns:
+        for fn, a, needs_rng, op in self.fns:
             try:  # name the op: "crop larger than the image" alone does not say which transform
                 img = fn(img, **a, rng=rng) if needs_rng else fn(img, **a)
             except ValueError as e:
@@ -369,8 +378,6 @@ def build(spec: str | Sequence[str], image_size: Size | None = None,
         out["image"] = np.ascontiguousarray(img, dtype=np.float32)
         out["label"] = np.int32(example["label"])
         return out
-
-    return apply
 
 
 def normalization_stats(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
