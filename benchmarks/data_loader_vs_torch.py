@@ -3,9 +3,9 @@
     python benchmarks/data_loader_vs_torch.py --cases quickstart esvit jpeg dino --workers 1 2
 
 For each case and worker count, in one run: vit_jax.data.bench's measurement of the pipeline
-train.py builds (data.workers = N), then torch.utils.data.DataLoader(num_workers=N) over the same
-source calling the same per-example transform (so the two differ only in how the work is spread:
-our thread pool vs torch's worker processes). Cases: "quickstart" (configs/quickstart.py on
+train.py builds (data.workers = N) with data.loader "threads" (a thread pool) and "grain" (N
+worker processes), then torch.utils.data.DataLoader(num_workers=N) over the same source calling
+the same per-example transform (so all three differ only in how the work is spread). Cases: "quickstart" (configs/quickstart.py on
 mnist5k), "esvit" (configs/mnist5k/esvit.py:v,vit: 2 x 28 + 6 x 12 crops), "jpeg" (a folder of
 generated 500x375 JPEGs with the ImageNet train transform rrc(224)|flip|normalize), "dino" (the
 same JPEGs through DINO's multi-crop, 2 x 224 + 10 x 96: configs/imagenet/esvit.py:tiny,v).
@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--num_jpegs", type=int, default=512)
+    p.add_argument("--loaders", nargs="+", default=["threads", "grain", "torch"],
+                   help="vit_jax's data.loader values and/or torch (the DataLoader)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -112,16 +114,22 @@ def main() -> None:
     rows = []
     for name in a.cases:
         for n in a.workers:
-            c = case_config(name, jpegs, a.batch)
-            c.data.workers = n
-            ours = data_bench.measure(c, a.steps, a.warmup, a.repeats, log=lambda _: None)["windows"]
-            theirs = torch_rate(c, n, a.steps, a.warmup, a.repeats)
-            row = dict(case=name, workers=n, batch=c.batch_size, ours=statistics.median(ours),
-                       torch=statistics.median(theirs), ours_windows=ours, torch_windows=theirs)
-            row["ratio"] = row["ours"] / row["torch"]
+            row = dict(case=name, workers=n)
+            for loader in a.loaders:
+                c = case_config(name, jpegs, a.batch)
+                c.data.workers = n
+                if loader == "torch":
+                    windows = torch_rate(c, n, a.steps, a.warmup, a.repeats)
+                else:
+                    c.data.loader = loader
+                    windows = data_bench.measure(c, a.steps, a.warmup, a.repeats, log=lambda _: None)["windows"]
+                row.update({"batch": c.batch_size, loader: statistics.median(windows),
+                            f"{loader}_windows": windows})
             rows.append(row)
-            print(f"{name:10s} workers {n}: vit_jax {row['ours']:8.1f} img/s   torch DataLoader "
-                  f"{row['torch']:8.1f} img/s   ratio {row['ratio']:.2f}", flush=True)
+            rates = "   ".join(f"{k} {row[k]:8.1f}" for k in a.loaders)
+            ratios = "   ".join(f"{k}/torch {row[k] / row['torch']:.2f}" for k in a.loaders
+                               if k != "torch" and "torch" in row)
+            print(f"{name:10s} workers {n}: images/s {rates}   {ratios}", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -36,6 +36,8 @@ BAD = [
     ("supervised.label_smoothing", 1.0, "label_smoothing=1.0"),
     ("supervised.mixup_alpha", -0.2, "mixup_alpha"),
     ("ema_decay", 1.0, "ema_decay=1.0"),
+    ("data.loader", "torch", "data.loader='torch': use 'threads'"),
+    ("data.read_threads", 0, "data.read_threads=0"),
     ("dtype", "float16", "dtype='float16'"),
     ("log_every", 0, "log_every must be"),
     ("keep_checkpoints", 0, "keep_checkpoints=0"),

@@ -14,7 +14,7 @@ from tests import subprocess_run
 from tests.disk import snapshot
 from tests.tiny_config import get_config
 from vit_jax import config_base, train, validate
-from vit_jax.data import folder_source, pipeline, sources, transforms
+from vit_jax.data import folder_source, grain_pipeline, pipeline, sources, transforms
 from vit_jax.errors import ConfigError, DataError
 
 HINT = "remove or replace the file, or set data.skip_bad_images=True to skip unreadable files"
@@ -176,7 +176,7 @@ def test_stack_names_shapes_files_and_fix(tmp_path):
     with pytest.raises(DataError, match=r"images of different shapes in one batch: \(\d\d, "):
         pipeline.TrainPipeline(src, tf, 2, seed=0, workers=1).batch_at(0)
     with pytest.raises(DataError, match="values of 'mask' of different shapes.*example 1"):
-        pipeline._stack([{"mask": np.zeros(3)}, {"mask": np.zeros(4)}],
+        pipeline.stack([{"mask": np.zeros(3)}, {"mask": np.zeros(4)}],
                         lambda r: f"example {r}")
 
 
@@ -330,3 +330,19 @@ def test_corrupt_tfds_record_names_split_and_index():
     with pytest.raises(IndexError):  # the plain `for x in src` protocol still ends
         _tfds(_Records(error=IndexError()))[5]
     assert folder_source.check_index(-1, 3) == 2
+
+
+def test_bad_image_in_a_grain_worker_stops_the_run_with_its_file(tmp_path):
+    """data.loader="grain": the worker process' error reaches the run with the file's name."""
+    root = tmp_path / "imgs"
+    for i in range(6):
+        _image(root / "a" / f"{i}.png", seed=i)
+    bad = _truncated_jpeg(root / "b" / "9.jpg", size=(8, 8))
+    src = sources.get_source(f"folder:{root}", "all")
+    tf = transforms.build("normalize('none')")
+    g = grain_pipeline.GrainTrainPipeline(src, tf, 7, seed=0, workers=2)
+    with pytest.raises(Exception, match=f"image {bad}: truncated JPEG") as e:
+        for _ in range(3):   # every batch holds every image
+            next(g)
+    g.close()
+    assert isinstance(e.value, DataError) or "DataError" in repr(e.value) + str(e.value)

@@ -38,8 +38,10 @@ def base_config() -> mlc.ConfigDict:
             # big_vision-style transform strings, see vit_jax/data/transforms.py
             train_transform="normalize('mnist')",
             eval_transform="normalize('mnist')",
-            workers=4,                    # host threads for transforms
-            prefetch=2,                   # batches in flight
+            loader="threads",             # threads | grain (vit_jax/data/train_loader.py)
+            workers=4,                    # threads: host threads; grain: worker processes
+            read_threads=1,               # grain: threads in each worker
+            prefetch=2,                   # batches in flight (grain: per worker)
             # True: floor(N / B) steps per epoch, each epoch a fresh permutation and its last
             # partial batch dropped (DINO's loader); durations in epochs count such epochs
             drop_remainder=False,

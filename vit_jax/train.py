@@ -27,7 +27,7 @@ from vit_jax import metrics as metrics_lib
 from vit_jax import state as state_lib
 from vit_jax import validate as validate_lib
 from vit_jax import workdir as workdir_lib
-from vit_jax.data import pipeline as pipeline_lib
+from vit_jax.data import train_loader
 from vit_jax.errors import Interrupted, NonFiniteError, WorkdirError
 from vit_jax.evaluate import evaluators as evaluators_lib
 from vit_jax.evaluate.context import EvalContext
@@ -206,8 +206,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         ckpt.manager.reload()
     if resuming:
         _log(f"resumed from {ckpt.directory}/{start}")
-    pipe = pipeline_lib.for_config(plan.train_source, plan.train_transform, config,
-                                   jax.process_index(), jax.process_count())
+    pipe = train_loader.for_config(plan.train_source, plan.train_transform, config,
+                                 jax.process_index(), jax.process_count())
     pipe.set_state(data_state)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "

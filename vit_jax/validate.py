@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from vit_jax import durations, objectives, optim
-from vit_jax.data import pipeline, sources, transforms
+from vit_jax.data import pipeline, sources, train_loader, transforms
 from vit_jax.data.info import DataInfo
 from vit_jax.errors import ConfigError, UserError  # noqa: F401  (ConfigError re-exported)
 from vit_jax.evaluate import evaluators
@@ -44,6 +44,17 @@ def _fail(msg: str) -> None:
 def _note(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)
+
+
+def _check_loader(d) -> None:
+    loader = d.get("loader", "threads")
+    if loader not in train_loader.LOADERS:
+        _fail(f"data.loader={loader!r}: use 'threads' (a thread pool in this process) or 'grain' "
+              f"(data.workers worker processes)")
+    if not (isinstance(d.workers, int) and d.workers >= 0 and d.get("read_threads", 1) >= 1
+            and d.prefetch >= 1):
+        _fail(f"data.workers={d.workers!r} must be an int >= 0, data.read_threads="
+              f"{d.get('read_threads', 1)!r} and data.prefetch={d.prefetch!r} >= 1")
 
 
 def _check_numbers(c) -> None:
@@ -162,6 +173,7 @@ def validate(c) -> Plan:
     """Checks `c` (a ConfigDict) and returns the Plan of the run, or raises ConfigError."""
     _check_numbers(c)
     _check_mesh(c)
+    _check_loader(c.data)
     if c.objective not in objectives.names():
         _fail(f"objective={c.objective!r} is unknown; choose one of {objectives.names()}")
     kw = source_kwargs(c.data)

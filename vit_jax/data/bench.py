@@ -3,7 +3,7 @@
     python -m vit_jax.data.bench --config configs/mnist5k/esvit.py:v,vit --workers 2 [--steps 30]
     python -m vit_jax.data.bench --config configs/quickstart.py --workers 1 --set data.prefetch=4
 
-The pipeline is the one train.py runs (vit_jax.data.pipeline.for_config on the validated plan:
+The pipeline is the one train.py runs (vit_jax.data.train_loader.for_config on the validated plan:
 the config's source, its train transform with the method's own host step, e.g. EsViT's
 multi-crop, its batch size and seed); `--workers` sets data.workers. After `--warmup` batches
 it times `--repeats` windows of `--steps` batches each and prints one line per window, then last
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from vit_jax import validate
 from vit_jax.config_base import load_config_file
-from vit_jax.data import pipeline
+from vit_jax.data import train_loader
 
 
 def _literal(text: str):
@@ -68,7 +68,7 @@ def measure(config, steps: int = 20, warmup: int = 3, repeats: int = 3,
     """Source images per second of `config`'s training pipeline: {"images_per_sec": median,
     "windows": [...], "batch": B}."""
     plan = validate.validate(config)
-    pipe = pipeline.for_config(plan.train_source, plan.train_transform, config)
+    pipe = train_loader.for_config(plan.train_source, plan.train_transform, config)
     try:
         rates = time_windows(lambda: next(pipe), config.batch_size, steps, warmup, repeats, log)
     finally:

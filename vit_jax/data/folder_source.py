@@ -130,6 +130,14 @@ class ImageFolderSource:
         self._bad: set[int] = set()
         self._lock = threading.Lock()  # the pipeline reads from a thread pool
 
+    def __getstate__(self) -> dict[str, Any]:
+        # worker processes (data.loader="grain") receive the source by pickle: not its lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self.files)
 

@@ -33,13 +33,28 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
+def source_index(g: int, n: int, seed: int, global_batch: int, drop_remainder: bool = False) -> int:
+    """The source row of global stream position g (see the module docstring): perm_e[g % n] with
+    e = g // n, or with drop_remainder each epoch's floor(n / B) whole batches."""
+    if drop_remainder:
+        step, row = divmod(g, global_batch)
+        epoch, within = divmod(step, max(n // global_batch, 1))
+        return int(_permutation(seed, epoch, n)[within * global_batch + row])
+    return int(_permutation(seed, g // n, n)[g % n])
+
+
+def make_example(source: Sequence[dict], transform: Transform, seed: int, idx: int, g: int) -> dict:
+    """Source row idx transformed with the rng of stream position g: a pure function of (seed, g)."""
+    return transform(dict(source[idx]), np.random.default_rng([seed, g]))
+
+
 def origin(source: Any, idx: int) -> str:
     """Example idx's origin for messages: its file when the source has files (image folders)."""
     files = getattr(source, "files", None)
     return str(files[idx]) if files is not None else f"example {idx}"
 
 
-def _stack(examples: Sequence[dict], where: Callable[[int], str] = str) -> dict[str, np.ndarray]:
+def stack(examples: Sequence[dict], where: Callable[[int], str] = str) -> dict[str, np.ndarray]:
     """Examples -> one batch; ``where(row)`` names a row's origin when shapes disagree."""
     out = {}
     for k in examples[0]:
@@ -65,7 +80,7 @@ def mixed_sizes(source: Any, transform: Callable[[dict], dict], max_files: int =
     different shapes: ((where, (h, w), shape), (where, (h, w), shape)); else None.
 
     Before any compile, so a folder of mixed sizes without a resize fails with its file names, not
-    in `_stack` at some step. Only sources that read sizes cheaply (an ``image_sizes`` method:
+    in `stack` at some step. Only sources that read sizes cheaply (an ``image_sizes`` method:
     image folders) are checked; at most ``max_sizes`` distinct sizes are transformed, spread over
     the aspect ratios (where `resize(int)` differs) plus the smallest (where a crop may not fit).
     """
@@ -148,21 +163,15 @@ class TrainPipeline:
 
     # -- production ------------------------------------------------------------------
     def _index(self, g: int) -> int:
-        n = len(self.source)
-        if self.drop_remainder:
-            step, row = divmod(g, self.global_batch)
-            epoch, within = divmod(step, int(self.steps_per_epoch))
-            return int(_permutation(self.seed, epoch, n)[within * self.global_batch + row])
-        return int(_permutation(self.seed, g // n, n)[g % n])
+        return source_index(g, len(self.source), self.seed, self.global_batch, self.drop_remainder)
 
     def _example(self, g: int) -> dict:
-        rng = np.random.default_rng([self.seed, g])
-        return self.transform(dict(self.source[self._index(g)]), rng)
+        return make_example(self.source, self.transform, self.seed, self._index(g), g)
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This process' rows of global batch `step`, computed synchronously."""
         first = step * self.global_batch + self.offset
-        return _stack([self._example(g) for g in range(first, first + self.local_batch)],
+        return stack([self._example(g) for g in range(first, first + self.local_batch)],
                       lambda r: origin(self.source, self._index(first + r)))
 
     def _submit(self) -> None:
@@ -186,15 +195,6 @@ class TrainPipeline:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def for_config(source: Sequence[dict], transform: Transform, config: Any, process_index: int = 0,
-               process_count: int = 1) -> TrainPipeline:
-    """The training pipeline a config asks for (train.py and vit_jax.data.bench build it here):
-    config.batch_size, seed, data.workers, data.prefetch and data.drop_remainder."""
-    return TrainPipeline(source, transform, config.batch_size, config.seed, process_index,
-                         process_count, config.data.workers, config.data.prefetch,
-                         drop_remainder=bool(config.data.get("drop_remainder", False)))
-
-
 def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], global_batch: int,
                                   process_index: int = 0, process_count: int = 1,
                                   workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
@@ -216,5 +216,5 @@ def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], glob
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
         for step in range(num_batches):
             first = step * global_batch + process_index * local
-            yield _stack(list(pool.map(example, range(first, first + local))),
+            yield stack(list(pool.map(example, range(first, first + local))),
                          lambda r, first=first: origin(source, min(first + r, n - 1)))
