@@ -42,6 +42,7 @@ def base_config() -> mlc.ConfigDict:
             workers=4,                    # threads: host threads; grain: worker processes
             read_threads=1,               # grain: threads in each worker
             prefetch=2,                   # batches in flight (grain: per worker)
+            device_prefetch=2,            # batches put on the devices ahead by a thread (0: off)
             # True: floor(N / B) steps per epoch, each epoch a fresh permutation and its last
             # partial batch dropped (DINO's loader); durations in epochs count such epochs
             drop_remainder=False,

@@ -28,6 +28,7 @@ from vit_jax import state as state_lib
 from vit_jax import validate as validate_lib
 from vit_jax import workdir as workdir_lib
 from vit_jax.data import train_loader
+from vit_jax.data.device_prefetch import DevicePrefetch
 from vit_jax.errors import Interrupted, NonFiniteError, WorkdirError
 from vit_jax.evaluate import evaluators as evaluators_lib
 from vit_jax.evaluate.context import EvalContext
@@ -209,6 +210,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     pipe = train_loader.for_config(plan.train_source, plan.train_transform, config,
                                  jax.process_index(), jax.process_count())
     pipe.set_state(data_state)
+    # .get: a workdir's config.json may predate the key
+    pipe = DevicePrefetch(pipe, lambda b: sharding.global_batch(b, mesh), config.data.get("device_prefetch", 0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
          f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
@@ -265,7 +268,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         if total_steps == 0:
             run_evals(0, True)
         for step in range(start + 1, total_steps + 1):
-            batch = sharding.global_batch(next(pipe), mesh)
+            batch = next(pipe)         # on the devices already (DevicePrefetch)
             state, m = train_step(state, batch)
             pending.append((step, m))
             is_last = step == total_steps

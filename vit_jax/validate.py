@@ -52,9 +52,10 @@ def _check_loader(d) -> None:
         _fail(f"data.loader={loader!r}: use 'threads' (a thread pool in this process) or 'grain' "
               f"(data.workers worker processes)")
     if not (isinstance(d.workers, int) and d.workers >= 0 and d.get("read_threads", 1) >= 1
-            and d.prefetch >= 1):
-        _fail(f"data.workers={d.workers!r} must be an int >= 0, data.read_threads="
-              f"{d.get('read_threads', 1)!r} and data.prefetch={d.prefetch!r} >= 1")
+            and d.prefetch >= 1 and d.get("device_prefetch", 0) >= 0):
+        _fail(f"data.workers={d.workers!r} and data.device_prefetch={d.get('device_prefetch', 0)!r} "
+              f"must be ints >= 0, data.read_threads={d.get('read_threads', 1)!r} and "
+              f"data.prefetch={d.prefetch!r} >= 1")
 
 
 def _check_numbers(c) -> None:
