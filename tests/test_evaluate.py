@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, init_from, metrics, models, optim, train
+from vit_jax import checkpoint, init_from, metrics, models, optim, train, validate
 from vit_jax.evaluate import knn
 
 
@@ -84,6 +84,23 @@ def test_knn_objective_on_pretrained_and_random(pretrained, tmp_path):
     assert rows[0]["step"] == 0 and set(rows[0]) >= {"eval/knn/top1_k1", "eval/knn/top1_k5"}
     assert summary["eval/knn/top1_k5"] == rows[0]["eval/knn/top1_k5"]
     assert 0.1 < rows[0]["eval/knn/top1_k1"] <= 1.0  # real digits: well above chance
+
+
+def test_knn_memory_subset_is_fixed_and_smaller(pretrained, tmp_path):
+    """evals.knn.memory_size: a seeded subset of the memory, the same at every evaluation."""
+    a, b = knn.MemorySubset(range(100), 10, 0), knn.MemorySubset(range(100), 10, 0)
+    assert len(a) == 10 and list(a.indices) == list(b.indices) == sorted(a.indices)
+    assert [a[i] for i in range(10)] == list(a.indices)
+    assert list(knn.MemorySubset(range(100), 10, 1).indices) != list(a.indices)
+    cfg = get_config()
+    cfg.objective, cfg.total_steps, cfg.init_from = "knn", 0, pretrained
+    cfg.evals = mlc.ConfigDict({"knn": dict(type="knn", ks=(1,)),
+                                "knn_sub": dict(type="knn", ks=(1,), memory_size=200)})
+    summary = train.run(cfg, str(tmp_path / "knn"))
+    assert 0.1 < summary["eval/knn_sub/top1_k1"] <= summary["eval/knn/top1_k1"] + 0.05
+    cfg.evals.knn_sub.memory_size = -1
+    with pytest.raises(validate.ConfigError, match="memory_size=-1 must be an int >= 0"):
+        validate.validate(cfg)
 
 
 def test_linear_probe_keeps_backbone_frozen(pretrained, tmp_path):

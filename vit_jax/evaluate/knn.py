@@ -8,6 +8,7 @@ method with a teacher declares), and writes eval/<name>/top1_k<k>:
 
     config.evals.knn = dict(type="knn", ks=(10, 20), temperature=0.07)
     config.evals.knn_student = dict(type="knn", ks=(10, 20), network="student")
+    config.evals.knn = dict(type="knn", ks=(20,), memory_size=10_000)   # a subsampled memory
 """
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ from vit_jax.evaluate.context import EvalContext
 DEFAULTS = dict(ks=(10, 20), temperature=0.07,
                 split="",          # the queries ("" = data.eval_split)
                 memory_split="",   # the labelled memory ("" = data.train_split)
+                # > 0: a fixed random subset of this many memory images (the same at every
+                # evaluation, from the run's seed), so k-NN during pre-training on a large
+                # train split costs memory_size forward passes; 0: the whole split
+                memory_size=0,
                 network="backbone")  # "backbone" (backbone_variables) | "student" (student_variables)
 NETWORKS = {"backbone": "backbone_variables", "student": "student_variables"}
 
@@ -54,11 +59,31 @@ def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
     return {k: np.concatenate(v) for k, v in preds.items()}
 
 
+class MemorySubset:
+    """`size` examples of `source` drawn once from `seed` (sorted, so reads stay in file order)."""
+
+    def __init__(self, source, size: int, seed: int):
+        self.source = source
+        self.indices = np.sort(np.random.default_rng([seed, 0x4B4E4E]).permutation(len(source))[:size])
+        files = getattr(source, "files", None)
+        if files is not None:   # messages name the file of a bad image
+            self.files = [files[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[int(self.indices[i])]
+
+
 def check(name: str, spec) -> None:
     if not spec.ks or not all(int(k) > 0 for k in spec.ks) or not spec.temperature > 0:
         raise ValueError(f"evals.{name}: ks must be positive integers and temperature > 0")
     if spec.network not in NETWORKS:
         raise ValueError(f"evals.{name}.network={spec.network!r}: use one of {sorted(NETWORKS)}")
+    if not (isinstance(spec.memory_size, int) and spec.memory_size >= 0):
+        raise ValueError(f"evals.{name}.memory_size={spec.memory_size!r} must be an int >= 0 "
+                         f"(0: the whole memory split)")
 
 
 def needs(spec) -> str:
@@ -82,6 +107,8 @@ def make(name: str, spec, ctx: EvalContext):
         memory, queries = ctx.source(spec.memory_split or cfg.data.train_split), ctx.source(spec.split)
         if queries is None:   # no eval split: evaluation is off
             return {}
+        if 0 < spec.memory_size < len(memory):
+            memory = MemorySubset(memory, int(spec.memory_size), cfg.seed)
         args = (ctx.eval_transform, ctx.mesh, cfg.eval_batch_size, cfg.data.workers)
         train_x, train_y = features.extract(feature_fn, variables, memory, *args)
         test_x, test_y = features.extract(feature_fn, variables, queries, *args)
