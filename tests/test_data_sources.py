@@ -163,3 +163,19 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "noimg" / "a" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no .png/.jpg/.jpeg images under .*noimg"):
         sources.get_source(f"folder:{tmp_path / 'noimg'}", "all")
+
+
+def test_folder_paths_are_a_compact_table():
+    """PathTable reads like the list of paths it replaces and pickles (to each grain worker) in
+    less than half the bytes for an ImageNet-like folder (here 100 classes x 1,000 files)."""
+    import pickle
+    from vit_jax.data.folder_source import PathTable
+    dirs = [f"/data/imagenet/train/n{c:08d}" for c in range(100)]
+    names = [[f"n{c:08d}_{i:05d}.JPEG" for i in range(1000)] for c in range(100)]
+    table = PathTable(dirs, names)
+    paths = [os.path.join(d, n) for d, ns in zip(dirs, names) for n in ns]
+    assert len(table) == 100_000 and table[54_321] == paths[54_321] and table == paths
+    assert list(table)[-1] == paths[-1] and pickle.loads(pickle.dumps(table)) == paths
+    assert len(pickle.dumps(table)) < 0.5 * len(pickle.dumps(paths))
+    odd = PathTable(["/d"], [["é ü.png", "a.png"]])   # non-ASCII names survive
+    assert list(odd) == ["/d/é ü.png", "/d/a.png"]

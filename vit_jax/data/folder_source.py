@@ -13,7 +13,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -97,6 +97,32 @@ def _decode(path: str) -> np.ndarray | str:
         return describe_failure(e, fmt)
 
 
+class PathTable:
+    """The files of a folder as numpy arrays, not a list of Python strings: one byte string per
+    name and a class-directory index (about the names' bytes, where a list of str costs ~75 bytes
+    more per file), so a million-image folder pickles to each worker process cheaply.
+    Reads like a list of paths: len, [j], iteration, ==."""
+
+    def __init__(self, dirs: Sequence[str], names: Sequence[Sequence[str]]):
+        self.dirs = list(dirs)
+        # fixed-width bytes (numpy "S"): names padded to the longest, no per-name object
+        self.names = np.asarray([n.encode("utf-8", "surrogateescape") for ns in names for n in ns], dtype=bytes)
+        self.dir_index = np.repeat(np.arange(len(dirs), dtype=np.int32), [len(ns) for ns in names])
+
+    def __len__(self) -> int:
+        return len(self.dir_index)
+
+    def __getitem__(self, j: int) -> str:
+        j = int(j)
+        return os.path.join(self.dirs[self.dir_index[j]], self.names[j].decode("utf-8", "surrogateescape"))
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[j] for j in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, PathTable)) else NotImplemented
+
+
 class ImageFolderSource:
     """Images decoded lazily with PIL, always converted to RGB: (H, W, 3) uint8.
 
@@ -114,15 +140,16 @@ class ImageFolderSource:
         base = root if split == "all" else os.path.join(root, split)
         self.root, self.split, self.num_classes = root, split, len(self.classes)
         self.image_shape: tuple[int, int, int] | None = None
-        self.files: list[str] = []
-        labels: list[int] = []
+        dirs, names, labels = [], [], []
         for label, cls in enumerate(self.classes):
             cdir = os.path.join(base, cls)
             if os.path.isdir(cdir):
-                names = _images_in(cdir)
-                self.files += [os.path.join(cdir, n) for n in names]
-                labels += [label] * len(names)
-        if not self.files:
+                found = _images_in(cdir)
+                dirs.append(cdir)
+                names.append(found)
+                labels += [label] * len(found)
+        self.files = PathTable(dirs, names)
+        if not len(self.files):
             raise ValueError(f"no .png/.jpg/.jpeg images under {base!r}; {FOLDER_LAYOUT}")
         self.labels = np.asarray(labels, np.int64)
         self.skip_bad_images = bool(skip_bad_images)
