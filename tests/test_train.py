@@ -66,6 +66,10 @@ def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6, 8, 10, 12, 14, 16]
     # the changed config is kept beside the new one
     assert any(f.startswith("config.") and f != "config.json" for f in os.listdir(workdir))
+    # each start records what it ran on, the image decoder included
+    starts = [json.loads(line) for line in open(os.path.join(workdir, "environment.jsonl"))]
+    assert len(starts) == 2 and starts[0]["packages"]["jax"] == jax.__version__
+    assert starts[1]["image_decoder"]["pil"] and starts[1]["data_loader"]["loader"] == "threads"
 
 
 def _plan_and_state(cfg):

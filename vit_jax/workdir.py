@@ -2,7 +2,7 @@
 
     prior = inspect(config, path)      # reads only; WorkdirError if the workdir cannot be used as asked
     ...                                # restore or init the state: a failure here leaves the disk as it was
-    begin(prior, config, resuming)     # the first writes: the directory, config.json, old metrics aside
+    begin(prior, config, resuming)     # the first writes: the directory, environment.jsonl, config.json, old metrics aside
 
 The rules (each printed when it applies):
 - a workdir with checkpoints resumes from the newest one that reads back whole
@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any, Callable
 
+from vit_jax import environment
 from vit_jax import metrics as metrics_lib
 from vit_jax.errors import WorkdirError
 
@@ -152,7 +153,8 @@ def _aside(path: str, stamp: str) -> str:
 
 def begin(prior: Prior, config: Any, resuming: bool, log: Callable[[str], None] = print) -> None:
     """The run's first writes (process 0): creates the workdir, moves the metrics of deleted
-    checkpoints aside, and writes config.json (a differing earlier one is kept beside it)."""
+    checkpoints aside, appends this start to environment.jsonl (vit_jax/environment.py) and
+    writes config.json (a differing earlier one is kept beside it)."""
     os.makedirs(prior.path, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     metrics_path = os.path.join(prior.path, "metrics.jsonl")
@@ -160,6 +162,8 @@ def begin(prior: Prior, config: Any, resuming: bool, log: Callable[[str], None] 
         kept = _aside(metrics_path, stamp)
         log(f"note: {prior.path} has metrics.jsonl but no checkpoint to resume from (deleted?); this run "
             f"starts at step 0 and the old metrics were moved to {kept}")
+    with open(os.path.join(prior.path, "environment.jsonl"), "a") as f:
+        f.write(json.dumps(environment.describe(config)) + "\n")
     path = os.path.join(prior.path, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if os.path.exists(path):
