@@ -2,6 +2,9 @@
 and the same run, bit for bit, through the loop and through a resume."""
 import os
 import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -73,3 +76,22 @@ def test_grain_run_and_its_resume_equal_the_thread_run(finished_run, tmp_path):
         shutil.rmtree(os.path.join(copy, "checkpoints", step))
     train.run(cfg, copy)
     assert _losses(copy) == _losses(finished_run[0])
+
+
+def test_a_worker_killed_stops_the_stream_with_an_error_not_a_hang(plan):
+    cfg, p = plan
+    def workers():
+        kids = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split()
+        return {int(k) for k in kids if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()}
+    before = workers()
+    g = grain_pipeline.GrainTrainPipeline(p.train_source, p.train_transform, 16, cfg.seed, workers=2)
+    next(g)
+    mine = sorted(workers() - before)
+    assert len(mine) == 2
+    os.kill(mine[0], signal.SIGKILL)
+    t = time.time()
+    with pytest.raises(RuntimeError, match="terminated unexpectedly with exit code -9"):
+        for _ in range(500):
+            next(g)
+    assert time.time() - t < 30
+    g.close()
