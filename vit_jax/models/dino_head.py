@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal_002
+from vit_jax.models.torch_init import default_kernel, trunc_normal_002
 from vit_jax.models.layers import Dtype
 
 Array = jax.Array
