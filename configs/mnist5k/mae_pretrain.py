@@ -7,9 +7,10 @@ depth 2; 75% masking; crops (0.5, 1) as MAE's RandomResizedCrop, no flips (digit
 mirror-symmetric); 60 epochs. The targets are the raw (dataset-normalised) pixels, not MAE's
 per-patch normalised ones (norm_pix_loss, MAE's ImageNet default, is off: most 4x4 patches of a
 digit are nearly blank, and normalising each by its own spread amplifies a few grey pixels).
-Measured (README's small-data table; 36 min 21 s beside one or two other runs on the 2-core CPU,
-where a 20-epoch run alone took 8 min 36 s): k-NN (k=10) 81.3 on the class token and 89.9 on the
-mean patch token (`knn.py:WORKDIR,gap`), linear probe 90.5 and 94.1, fine-tune 98.1 (raw pixels:
+Measured (README's small-data table; 18 min 18 s beside the test suite on the 2-core CPU): k-NN
+(k=10) 81.3 on the class token and 90.2 on the mean patch token (`knn.py:WORKDIR,gap`), linear
+probe 90.3 and 94.3, fine-tune 98.0 (an earlier run of this config: 81.3 / 89.9, 90.5 / 94.1,
+98.1; raw pixels:
 95.1 k-NN, 90.4 logistic regression). The epochs do most of it: at 20 epochs the raw targets give
 k-NN 71.5 / 70.6 (class / mean patch token), norm_pix_loss 69.1 / 69.3.
 """
