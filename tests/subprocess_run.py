@@ -23,3 +23,18 @@ def command(workdir: str, *overrides: str, config: str = "tests/tiny_config.py")
 def run(workdir: str, *overrides: str, devices: int = 1, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(command(workdir, *overrides), env=env(devices), cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, **kw)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid`, read from /proc (Linux; no procps needed)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()   # after "(comm)", which may hold spaces
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                out.append(int(name))
+    return out

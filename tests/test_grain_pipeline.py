@@ -3,12 +3,12 @@ and the same run, bit for bit, through the loop and through a resume."""
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
+from tests import subprocess_run
 from tests.tiny_config import epochs_config, get_config
 from vit_jax import metrics, train, validate
 from vit_jax.data import grain_pipeline, pipeline
@@ -81,8 +81,15 @@ def test_grain_run_and_its_resume_equal_the_thread_run(finished_run, tmp_path):
 def test_a_worker_killed_stops_the_stream_with_an_error_not_a_hang(plan):
     cfg, p = plan
     def workers():
-        kids = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split()
-        return {int(k) for k in kids if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()}
+        found = set()
+        for k in subprocess_run.children(os.getpid()):
+            try:
+                with open(f"/proc/{k}/cmdline", "rb") as f:
+                    if b"spawn_main" in f.read():
+                        found.add(k)
+            except OSError:
+                continue
+        return found
     before = workers()
     g = grain_pipeline.GrainTrainPipeline(p.train_source, p.train_transform, 16, cfg.seed, workers=2)
     next(g)

@@ -36,11 +36,6 @@ def ref_run(tmp_path_factory):
     return ref
 
 
-def _children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
-
-
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -61,7 +56,7 @@ def test_sigkill_then_resume_is_exact(ref_run, tmp_path, loader):
     deadline = time.time() + 240
     while not os.path.isdir(ckpt_dir) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    children = _children(proc.pid)
+    children = subprocess_run.children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
