@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import tensorflow_datasets as tfds  # a hard dependency; needs no TensorFlow
 from PIL import Image
 
 from vit_jax.data import sources, transforms
+from vit_jax.data.folder_source import PathTable
 
 
 def _digest(a: np.ndarray) -> str:
@@ -168,8 +170,6 @@ def test_image_folder_errors(tmp_path):
 def test_folder_paths_are_a_compact_table():
     """PathTable reads like the list of paths it replaces and pickles (to each grain worker) in
     less than half the bytes for an ImageNet-like folder (here 100 classes x 1,000 files)."""
-    import pickle
-    from vit_jax.data.folder_source import PathTable
     dirs = [f"/data/imagenet/train/n{c:08d}" for c in range(100)]
     names = [[f"n{c:08d}_{i:05d}.JPEG" for i in range(1000)] for c in range(100)]
     table = PathTable(dirs, names)

@@ -175,6 +175,13 @@ def test_stack_names_shapes_files_and_fix(tmp_path):
         "same size")
     with pytest.raises(DataError, match=r"images of different shapes in one batch: \(\d\d, "):
         pipeline.TrainPipeline(src, tf, 2, seed=0, workers=1).batch_at(0)
+    # the grain loader names the files too, in this process and from a worker process
+    for workers in (0, 1):
+        g = grain_pipeline.GrainTrainPipeline(src, tf, 2, seed=0, workers=workers)
+        with pytest.raises(Exception, match=r"images of different shapes in one batch: .*"
+                                            r"\(.*/a/[01].png\) and .*\(.*/a/[01].png\)"):
+            next(g)
+        g.close()
     with pytest.raises(DataError, match="values of 'mask' of different shapes.*example 1"):
         pipeline.stack([{"mask": np.zeros(3)}, {"mask": np.zeros(4)}],
                         lambda r: f"example {r}")

@@ -60,19 +60,24 @@ class _Example:
         return pipeline.source_index(g, len(self.source), self.seed, self.global_batch,
                                      self.drop_remainder)
 
-    def __call__(self, k: int) -> dict:
+    def origin(self, k: int) -> str:
+        return pipeline.origin(self.source, self.index(self.position(k)))
+
+    def __call__(self, k: int) -> tuple[int, dict]:
         g = self.position(k)
-        return pipeline.make_example(self.source, self.transform, self.seed, self.index(g), g)
+        return int(k), pipeline.make_example(self.source, self.transform, self.seed, self.index(g), g)
 
 
 class _Stack:
-    """Examples -> one batch, naming the files of rows whose shapes disagree (picklable)."""
+    """(position, example) rows -> one batch; rows whose shapes disagree are named by their files,
+    as the thread loader names them (picklable)."""
 
     def __init__(self, example: _Example):
         self.example = example
 
-    def __call__(self, rows: Sequence[dict]) -> dict[str, np.ndarray]:
-        return pipeline.stack(list(rows))
+    def __call__(self, rows: Sequence[tuple[int, dict]]) -> dict[str, np.ndarray]:
+        positions = [k for k, _ in rows]
+        return pipeline.stack([ex for _, ex in rows], lambda r: self.example.origin(positions[r]))
 
 
 class GrainTrainPipeline:
@@ -82,14 +87,7 @@ class GrainTrainPipeline:
                  seed: int, process_index: int = 0, process_count: int = 1, workers: int = 2,
                  read_threads: int = 1, prefetch: int = 2, start_step: int = 0,
                  drop_remainder: bool = False):
-        if global_batch % process_count:
-            raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
-        if len(source) == 0:
-            raise ValueError("the training source is empty")
-        if drop_remainder and global_batch > len(source):
-            raise ValueError(f"data.drop_remainder with batch size {global_batch} > {len(source)} "
-                             f"training examples would drop every example: lower batch_size or set "
-                             f"data.drop_remainder=False")
+        pipeline.check_stream(len(source), global_batch, process_count, drop_remainder)
         if not flags.FLAGS.is_parsed():   # grain reads absl flags; a library caller may not have parsed them
             flags.FLAGS.mark_as_parsed()
         self.source, self.global_batch, self.seed = source, global_batch, seed
@@ -129,9 +127,7 @@ class GrainTrainPipeline:
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This process' rows of global batch `step`, computed synchronously here."""
         first = step * self.local_batch
-        rows = [self._example(k) for k in range(first, first + self.local_batch)]
-        return pipeline.stack(rows, lambda r: pipeline.origin(
-            self.source, self._example.index(self._example.position(first + r))))
+        return _Stack(self._example)([self._example(k) for k in range(first, first + self.local_batch)])
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self

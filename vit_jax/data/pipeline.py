@@ -43,6 +43,17 @@ def source_index(g: int, n: int, seed: int, global_batch: int, drop_remainder: b
     return int(_permutation(seed, g // n, n)[g % n])
 
 
+def check_stream(n: int, global_batch: int, process_count: int, drop_remainder: bool) -> None:
+    """The stream's preconditions, shared by every training loader (ValueError naming the fix)."""
+    if global_batch % process_count:
+        raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
+    if n == 0:
+        raise ValueError("the training source is empty")
+    if drop_remainder and global_batch > n:
+        raise ValueError(f"data.drop_remainder with batch size {global_batch} > {n} training examples "
+                         f"would drop every example: lower batch_size or set data.drop_remainder=False")
+
+
 def make_example(source: Sequence[dict], transform: Transform, seed: int, idx: int, g: int) -> dict:
     """Source row idx transformed with the rng of stream position g: a pure function of (seed, g)."""
     return transform(dict(source[idx]), np.random.default_rng([seed, g]))
@@ -127,14 +138,7 @@ class TrainPipeline:
     def __init__(self, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
                               process_index: int = 0, process_count: int = 1, workers: int = 4,
                               prefetch: int = 2, start_step: int = 0, drop_remainder: bool = False):
-        if global_batch % process_count:
-            raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
-        if len(source) == 0:
-            raise ValueError("the training source is empty")
-        if drop_remainder and global_batch > len(source):
-            raise ValueError(f"data.drop_remainder with batch size {global_batch} > {len(source)} "
-                             f"training examples would drop every example: lower batch_size or set "
-                             f"data.drop_remainder=False")
+        check_stream(len(source), global_batch, process_count, drop_remainder)
         self.source, self.transform = source, transform
         self.global_batch, self.seed = global_batch, seed
         self.drop_remainder = drop_remainder
