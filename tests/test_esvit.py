@@ -18,6 +18,7 @@ from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
 from vit_jax import checkpoint, models, objectives, optim, sharding, train, viz
 from vit_jax.data.pipeline import TrainPipeline
+from vit_jax.data.transforms import get_stats
 from vit_jax.models.dino_head import DINOHead
 from vit_jax.objectives import dino_losses
 from vit_jax.runs import load_run
@@ -133,8 +134,9 @@ def test_last_layers_held_by_the_optimizer_first_epoch_and_teacher_is_ema():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_sharded_step_equals_single_device_centers_and_losses():
-    cfg = esvit_config()
+@pytest.mark.parametrize("on_device", [False, True])
+def test_sharded_step_equals_single_device_centers_and_losses(on_device):
+    cfg = esvit_config(photometric_on_device=on_device)
     cfg.optim.name, cfg.optim.lr, cfg.optim.b1 = "sgd", 0.1, 0.9
     _, data = batches(cfg, 2)
     single, losses1, _ = run_steps(sharding.make_mesh(1, 1, 1, jax.devices()[:1]), cfg, data)
@@ -148,8 +150,9 @@ def test_sharded_step_equals_single_device_centers_and_losses():
 
 @pytest.mark.parametrize("region", [False, True])
 def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
-    # DINO alone runs with DINOv2's remedies, DINO's epochs and the student's k-NN as well
-    remedies = {} if region else dict(sinkhorn_iters=3, koleo_weight=0.1)
+    # DINO alone runs with DINOv2's remedies, DINO's epochs, the student's k-NN and the
+    # photometric chain on the device as well
+    remedies = {} if region else dict(sinkhorn_iters=3, koleo_weight=0.1, photometric_on_device=True)
     cfg = esvit_config(region=region, **remedies)
     cfg.total_steps, cfg.eval_every, cfg.checkpoint_every = 10, 5, 10
     if not region:
@@ -315,3 +318,27 @@ def test_bad_ibot_configs():
     cfg.model = dict(patch_size=2, window_size=2, width=16, depths=(1, 1), num_heads=(2, 2))
     with pytest.raises(ConfigError, match="needs a ViT backbone"):
         validate(cfg)
+
+
+def test_photometric_on_device_sends_uint8_and_gives_the_host_loss():
+    """esvit.photometric_on_device: the batch carries uint8 crops and their photometric rows (a
+    quarter of the float bytes), the step finishes them, and the loss is the host path's within
+    the chains' pixel tolerance (tests/test_photometric.py)."""
+    kw = dict(pixel_stats="mnist", jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1, 0.5), solarize_p=(0.0, 0.2, 0.0))
+    host = esvit_config(**kw)
+    host.data.eval_transform = "normalize('mnist')"
+    dev = esvit_config(photometric_on_device=True, **kw)
+    dev.data.eval_transform = "normalize('mnist')"
+    _, obj_h, b_h, params, extra = fresh(host)
+    _, obj_d, b_d, params_d, _ = fresh(dev)
+    assert b_d["global_crops"].dtype == jnp.uint8 and b_d["local_crops"].dtype == jnp.uint8
+    assert b_d["global_photo"].shape == (16, 2, 13) and b_d["local_photo"].shape == (16, 2, 13)
+    assert b_d["global_crops"].nbytes * 4 == b_h["global_crops"].nbytes
+    for a, c in zip(jax.tree.leaves(params), jax.tree.leaves(params_d)):   # init reads shapes only
+        np.testing.assert_array_equal(a, c)
+    finished = np.asarray(jax.jit(lambda b: obj_d._crops(b, "global"))(b_d))
+    assert np.abs(finished - np.asarray(b_h["global_crops"])).mean() < 0.008 / get_stats("mnist")[1][0]
+    args = (params, extra)
+    l_h, _ = jax.jit(obj_h.loss)(*args, b_h, jax.random.key(1), jnp.int32(0))
+    l_d, _ = jax.jit(obj_d.loss)(*args, b_d, jax.random.key(1), jnp.int32(0))
+    assert abs(float(l_d) - float(l_h)) < 0.02 * abs(float(l_h)), (float(l_d), float(l_h))

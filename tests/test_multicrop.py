@@ -157,8 +157,8 @@ def test_blur_goes_to_its_crops(blur_p, flat):
 
 def test_blur_sigma_is_scaled_by_the_global_size(monkeypatch):
     seen = []
-    real = C.pil_blur
-    monkeypatch.setattr(M, "pil_blur", lambda im, rng, sr: seen.append(sr) or real(im, rng, sr))
+    real = M.photometric.draw
+    monkeypatch.setattr(M.photometric, "draw", lambda rng, **kw: seen.append(kw["sigma_range"]) or real(rng, **kw))
     spec = M.MultiCropSpec(28, 12, 2, mean="none", **{**PLAIN, "blur_p": (1.0, 1.0, 1.0)})
     M.multi_crop(np.zeros((30, 30, 1), np.uint8), _rng(), spec)
     assert len(seen) == 4

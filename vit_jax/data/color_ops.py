@@ -88,12 +88,21 @@ def _hue_lut(shift: int) -> list[int]:
     return [(i + shift) % 255 for i in range(256)]
 
 
-def pil_jitter(im: Image.Image, rng: np.random.Generator, brightness: float, contrast: float,
-            saturation: float, hue: float) -> Image.Image:
+def draw_jitter(rng: np.random.Generator, brightness: float, contrast: float, saturation: float,
+                hue: float) -> tuple[np.ndarray, list[float | None]]:
+    """torchvision ColorJitter's draws: the order of the 4 ops (rng.permutation(4)), then a factor
+    per op in [max(0, 1 - v), 1 + v] (hue: a shift in [-hue, hue]); None for a strength of 0,
+    which draws nothing."""
     order = rng.permutation(4)
     factors = [rng.uniform(max(0.0, 1.0 - v), 1.0 + v) if v > 0 else None
                for v in (brightness, contrast, saturation)]
     factors.append(rng.uniform(-hue, hue) if hue > 0 else None)
+    return order, factors
+
+
+def pil_jitter_with(im: Image.Image, order: Any, factors: list[float | None]) -> Image.Image:
+    """The four jitter ops in ``order`` with ``factors`` (brightness, contrast, saturation, hue;
+    None skips one), as :func:`draw_jitter` gives them."""
     ops = (_brightness, _contrast, _saturation, _hue)
     for k in order:
         if factors[k] is not None:
@@ -101,13 +110,23 @@ def pil_jitter(im: Image.Image, rng: np.random.Generator, brightness: float, con
     return im
 
 
+def pil_jitter(im: Image.Image, rng: np.random.Generator, brightness: float, contrast: float,
+               saturation: float, hue: float) -> Image.Image:
+    return pil_jitter_with(im, *draw_jitter(rng, brightness, contrast, saturation, hue))
+
+
 def pil_grayscale(im: Image.Image) -> Image.Image:
     return im if im.mode == "L" else im.convert("L").convert("RGB")
 
 
+def pil_gaussian(im: Image.Image, sigma: float) -> Image.Image:
+    """PIL's Gaussian blur, radius = standard deviation ``sigma`` pixels."""
+    return im.filter(ImageFilter.GaussianBlur(radius=float(sigma)))
+
+
 def pil_blur(im: Image.Image, rng: np.random.Generator, sigma_range: tuple[float, float]
-          ) -> Image.Image:
-    return im.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*sigma_range))))
+             ) -> Image.Image:
+    return pil_gaussian(im, rng.uniform(*sigma_range))
 
 
 @functools.lru_cache(maxsize=16)

@@ -23,6 +23,10 @@ smaller recipe such as 28 / 12 px on digits is that same recipe shrunk, so a 28-
 like a 224 one relative to its content instead of being smeared by a 2-px kernel. (Scaling each
 crop by its own size would shrink the locals' blur a second time and depart from DINO at 224.)
 
+With ``MultiCropSpec.on_device`` the chain stops after the shape ops: the crops stay uint8 and
+each carries its row of photometric parameters (photometric.py, drawn here in the same order), and
+the jitted step finishes them (esvit.photometric_on_device).
+
 Randomness comes only from the ``rng`` argument, in a fixed order per crop (crop box, flip,
 jitter coin + order + factors, grayscale coin, blur coin + sigma, solarize coin); a probability
 of exactly 0 or 1 draws no coin. So one Generator per example (pipeline.TrainPipeline seeds it by
@@ -53,7 +57,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from vit_jax.data import transforms
-from vit_jax.data.color_ops import as_uint8, coin, pil_blur, pil_grayscale, pil_jitter, solarize_lut
+from vit_jax.data import photometric
+from vit_jax.data.color_ops import as_uint8, coin, pil_gaussian, pil_grayscale, pil_jitter_with, solarize_lut
 from vit_jax.data.random_affine import affine_pil
 
 REFERENCE_SIZE = 224  # blur_sigma is given in pixels of a crop this large (DINO's global crop)
@@ -95,6 +100,9 @@ class MultiCropSpec:
     morph_strength: tuple[float, float] = (1.0, 1.0)
     mean: tuple[float, ...] | str = "imagenet"
     std: tuple[float, ...] | None = None
+    # True: the crops leave the host as uint8 with their photometric rows (photometric.py), and
+    # the jitter, grayscale, blur, solarize and normalisation run on the device
+    on_device: bool = False
 
     def __post_init__(self) -> None:
         # Configs often hold lists (JSON, YAML); tuples keep the frozen spec hashable.
@@ -156,8 +164,9 @@ class MultiCropSpec:
         if not (_is_pair(self.blur_sigma) and 0 <= self.blur_sigma[0] <= self.blur_sigma[1]):
             raise ValueError(f"MultiCropSpec.blur_sigma={self.blur_sigma!r}: give (low, high) with "
                              "0 <= low <= high, in pixels of a 224 crop, e.g. (0.1, 2.0)")
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise ValueError(f"MultiCropSpec.flip={self.flip!r}: give True or False")
+        for name in ("flip", "on_device"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"MultiCropSpec.{name}={getattr(self, name)!r}: give True or False")
         mean, std = self.stats  # raises for an unknown preset or a mean without std
         if len(mean) != len(std) and 1 not in (len(mean), len(std)):
             raise ValueError(f"MultiCropSpec.mean={mean} and std={std}: give as many values in "
@@ -205,9 +214,10 @@ def _norm_tables(mean: tuple[float, ...], std: tuple[float, ...], c: int
 
 def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple[float, float],
                   blur_p: float, solarize_p: float, sigma: tuple[float, float],
-                  spec: MultiCropSpec, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """One crop of the DINO chain before solarize and normalize: uint8 (size, size, C) and
-    whether to solarize it."""
+                  spec: MultiCropSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One crop: uint8 (size, size, C) and its photometric row (photometric.draw). On the host
+    path (spec.on_device False) the crop has been through the chain up to solarize, which the
+    caller folds into normalisation; on the device path it has only been cut and shaped."""
     top, left, ch, cw = transforms.random_resized_crop_box(*hw, scale, rng=rng)
     im = src.resize((size, size), resample=Image.BICUBIC, box=(left, top, left + cw, top + ch))
     if spec.flip and rng.random() < 0.5:  # the draw of transforms.random_flip
@@ -219,18 +229,33 @@ def _augment_crop(src: Image.Image, hw: tuple[int, int], size: int, scale: tuple
         filtered = im.filter(ImageFilter.MaxFilter(3) if rng.random() < 0.5 else ImageFilter.MinFilter(3))
         lo, hi = spec.morph_strength
         im = filtered if lo == hi == 1.0 else Image.blend(im, filtered, float(rng.uniform(lo, hi)))
-    if coin(rng, spec.jitter_p):
-        im = pil_jitter(im, rng, spec.brightness, spec.contrast, spec.saturation, spec.hue)
-    if coin(rng, spec.gray_p):
-        im = pil_grayscale(im)
-    if coin(rng, blur_p):
-        im = pil_blur(im, rng, sigma)
-    return transforms.from_pil(im), coin(rng, solarize_p)
+    row = photometric.draw(rng, jitter_p=spec.jitter_p, brightness=spec.brightness,
+                           contrast=spec.contrast, saturation=spec.saturation, hue=spec.hue,
+                           gray_p=spec.gray_p, blur_p=blur_p, sigma_range=sigma, solarize_p=solarize_p)
+    if not spec.on_device:
+        jitter = photometric.jitter_of(row)
+        if jitter is not None:   # a strength of 0 skips its op (PIL's 8-bit HSV is no identity)
+            strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+            im = pil_jitter_with(im, jitter[0], [f if v > 0 else None for f, v in zip(jitter[1], strengths)])
+        if row[photometric.GRAY_AT]:
+            im = pil_grayscale(im)
+        if row[photometric.BLUR_AT]:
+            im = pil_gaussian(im, row[photometric.SIGMA_AT])
+    return transforms.from_pil(im), row
+
+
+def sigma_pixels(spec: MultiCropSpec) -> tuple[float, float]:
+    """The blur's sigma range in pixels of every crop: spec.blur_sigma scaled to the global crop."""
+    k = spec.global_size / REFERENCE_SIZE  # one blur scale for all crops: see the docstring
+    return spec.blur_sigma[0] * k, spec.blur_sigma[1] * k
 
 
 def multi_crop(image: np.ndarray, rng: np.random.Generator, spec: MultiCropSpec
                ) -> dict[str, np.ndarray]:
-    """One image -> {"global": (2, G, G, C), "local": (N, L, L, C)} float32, normalised.
+    """One image -> {"global": (2, G, G, C), "local": (N, L, L, C)} float32, normalised; with
+    spec.on_device, uint8 crops before the photometric chain and their rows, "global_photo"
+    (2, NUM_PARAMS) and "local_photo" (N, NUM_PARAMS) float32 (photometric.apply, then
+    normalisation, finish them on the device).
 
     ``image``: uint8 (H, W, C) or float in [0, 1] (rounded to uint8), C in {1, 3}; C is kept.
     G, L, N = spec.global_size, spec.local_size, spec.num_local; with N = 0 "local" is empty,
@@ -240,20 +265,27 @@ def multi_crop(image: np.ndarray, rng: np.random.Generator, spec: MultiCropSpec
     h, w, c = img.shape
     tables = _norm_tables(*spec.stats, c)
     src = transforms.to_pil(img)
-    k = spec.global_size / REFERENCE_SIZE  # one blur scale for all crops: see the docstring
-    sigma = (spec.blur_sigma[0] * k, spec.blur_sigma[1] * k)
+    sigma = sigma_pixels(spec)
     g, ls = spec.global_size, spec.local_size
-    out = {"global": np.empty((2, g, g, c), np.float32),
-           "local": np.empty((spec.num_local, ls, ls, c), np.float32)}
+    dtype = np.uint8 if spec.on_device else np.float32
+    out = {"global": np.empty((2, g, g, c), dtype), "local": np.empty((spec.num_local, ls, ls, c), dtype),
+           "global_photo": np.empty((2, photometric.NUM_PARAMS), np.float32),
+           "local_photo": np.empty((spec.num_local, photometric.NUM_PARAMS), np.float32)}
     jobs = [("global", 0, g, spec.global_scale, spec.blur_p[0], spec.solarize_p[0]),
             ("global", 1, g, spec.global_scale, spec.blur_p[1], spec.solarize_p[1])]
     jobs += [("local", i, ls, spec.local_scale, spec.blur_p[2], spec.solarize_p[2])
              for i in range(spec.num_local)]
     for key, i, size, scale, bp, sp in jobs:
-        crop, solarized = _augment_crop(src, (h, w), size, scale, bp, sp, sigma, spec, rng)
-        table = tables[1] if solarized else tables[0]
+        crop, row = _augment_crop(src, (h, w), size, scale, bp, sp, sigma, spec, rng)
+        out[key + "_photo"][i] = row
+        if spec.on_device:
+            out[key][i] = crop
+            continue
+        table = tables[1] if row[photometric.SOLARIZE_AT] else tables[0]
         for ch in range(c):  # solarize (maybe) and normalise in one lookup, into the output
             np.take(table[ch], crop[..., ch], out=out[key][i, ..., ch])
+    if not spec.on_device:
+        del out["global_photo"], out["local_photo"]
     return out
 
 

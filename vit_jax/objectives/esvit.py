@@ -33,7 +33,7 @@ import ml_collections as mlc
 import numpy as np
 
 from vit_jax import durations, models, viz
-from vit_jax.data import masking, multicrop
+from vit_jax.data import masking, multicrop, photometric
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.dino_head import DINOHead
@@ -66,6 +66,10 @@ class EsViT(Objective):
         # multi-crop (vit_jax/data/multicrop.py MultiCropSpec)
         global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
         flip=True, pixel_stats="imagenet",
+        # True: crops leave the host as uint8 with their photometric parameters, and jitter, grayscale,
+        # blur, solarize and normalisation run inside the jitted step (vit_jax/data/photometric.py;
+        # torchvision's float semantics instead of PIL's 8-bit ones, the same random draws)
+        photometric_on_device=False,
         # DINO's photometric ops: probabilities, (global 1, global 2, local) where a triple
         jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1, 0.5), solarize_p=(0.0, 0.2, 0.0),
         # shape ops, not DINO's (0 = off): rotation / shear in degrees, 3x3 max / min filter probability
@@ -106,7 +110,9 @@ class EsViT(Objective):
             jitter_p=float(e.jitter_p), gray_p=float(e.gray_p), blur_p=tuple(e.blur_p),
             solarize_p=tuple(e.solarize_p), rotate=float(e.rotate), shear=float(e.shear),
             morph_p=float(e.morph_p), morph_strength=tuple(e.morph_strength),
-            mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1])
+            mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1],
+            on_device=bool(e.photometric_on_device))
+        self.blur_radius = photometric.blur_radius(multicrop.sigma_pixels(self.crops)[1])
         self.total_steps = durations.total_steps(config, info.num_train)
         # DINO's epochs drop the last partial batch: set data.drop_remainder for its step counts
         self.steps_per_epoch = max(durations.steps_per_epoch(
@@ -157,6 +163,8 @@ class EsViT(Objective):
         crops = multicrop.multi_crop(np.asarray(example["image"]), rng, self.crops)
         out = {k: v for k, v in example.items() if k != "image"}
         out.update(global_crops=crops["global"], local_crops=crops["local"])
+        if self.crops.on_device:
+            out.update(global_photo=crops["global_photo"], local_photo=crops["local_photo"])
         if self.mim:
             out["mim_mask"] = self._mim_masks(rng)
         return out
@@ -171,6 +179,21 @@ class EsViT(Objective):
                 if count:
                     masks[v] = masking.block_mask((h, w), count, rng, int(e.mim_min_block)).reshape(-1)
         return masks
+
+    def _crops(self, batch: Batch, key: str) -> Array:
+        """The batch's "global" or "local" crops, float (B, V, H, W, C), normalised: as they come
+        from the host, or (esvit.photometric_on_device) uint8 finished here by the photometric chain."""
+        crops = batch[f"{key}_crops"]
+        if not self.crops.on_device:
+            return crops
+        b, v = crops.shape[:2]
+        if v == 0:
+            return crops.astype(jnp.float32)
+        x = photometric.apply(crops.reshape((b * v,) + crops.shape[2:]),
+                              batch[f"{key}_photo"].reshape((b * v, -1)), self.blur_radius)
+        mean, std = self.crops.stats
+        x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+        return x.reshape(crops.shape)
 
     # ------------------------------------------------------------------ networks
     def _backbone(self, model, params, stats, images, train, rng=None, **kwargs):
@@ -192,7 +215,7 @@ class EsViT(Objective):
     # ------------------------------------------------------------------ interface
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
         r_b, r_h, r_r = jax.random.split(rng, 3)
-        images = batch["global_crops"][:, 0]
+        images = self._crops(batch, "global")[:, 0]
         backbone, stats = init_module(self.backbone, r_b, images)
         params = {"backbone": backbone}
         pooled, tokens, _ = self._backbone(self.backbone, params["backbone"], stats, images, False)
@@ -216,7 +239,7 @@ class EsViT(Objective):
     def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array, step: jax.Array
              ) -> tuple[Array, tuple[dict[str, Array], Extra]]:
         e = self.cfg
-        g, l = batch["global_crops"], batch["local_crops"]
+        g, l = self._crops(batch, "global"), self._crops(batch, "local")
         b, n_local = g.shape[0], l.shape[1]
         rng_g, rng_l = jax.random.split(rng)
 
