@@ -8,7 +8,9 @@ worker processes), then torch.utils.data.DataLoader(num_workers=N) over the same
 the same per-example transform (so all three differ only in how the work is spread). Cases: "quickstart" (configs/quickstart.py on
 mnist5k), "esvit" (configs/mnist5k/esvit.py:v,vit: 2 x 28 + 6 x 12 crops), "jpeg" (a folder of
 generated 500x375 JPEGs with the ImageNet train transform rrc(224)|flip|normalize), "dino" (the
-same JPEGs through DINO's multi-crop, 2 x 224 + 10 x 96: configs/imagenet/esvit.py:tiny,v).
+same JPEGs through DINO's multi-crop, 2 x 224 + 10 x 96: configs/imagenet/esvit.py:tiny,v);
+"esvit_device" and "dino_device" the same with esvit.photometric_on_device (uint8 crops and their
+photometric rows leave the host; jitter, blur and the rest run in the train step).
 Prints one row per case and N and writes them as JSON lines to --out.
 """
 from __future__ import annotations
@@ -44,6 +46,10 @@ def write_jpegs(root: str, n: int, seed: int = 0) -> str:
 
 
 def case_config(name: str, jpegs: str | None, batch: int | None):
+    if name in ("esvit_device", "dino_device"):   # the photometric chain left to the device
+        c = case_config(name[:-len("_device")], jpegs, batch)
+        c.esvit.photometric_on_device = True
+        return c
     if name == "quickstart":
         c = load_config_file(os.path.join(ROOT, "configs/quickstart.py"))
     elif name == "esvit":
@@ -55,7 +61,7 @@ def case_config(name: str, jpegs: str | None, batch: int | None):
         c = load_config_file(os.path.join(ROOT, "configs/imagenet/esvit.py"), "tiny,v")
         c.esvit.num_local = 10
     else:
-        raise SystemExit(f"unknown case {name!r}: quickstart | esvit | jpeg | dino")
+        raise SystemExit(f"unknown case {name!r}: quickstart | esvit | jpeg | dino | esvit_device | dino_device")
     if name in ("jpeg", "dino"):
         c.data.name, c.data.data_dir = f"folder:{jpegs}", ""
         c.data.eval_split, c.data.eval_transform = "test", "resize_center_crop(224)|normalize('imagenet')"
@@ -109,7 +115,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     jpegs = None
-    if {"jpeg", "dino"} & set(a.cases):
+    if {"jpeg", "dino", "dino_device"} & set(a.cases):
         jpegs = write_jpegs(tempfile.mkdtemp(prefix="bench_jpegs_"), a.num_jpegs)
     rows = []
     for name in a.cases:
