@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
-from vit_jax import checkpoint, init_from, metrics, models, optim, train, validate
+from vit_jax import checkpoint, init_from, metrics, models, optim, sharding, train, validate
+from vit_jax.evaluate import features as eval_features
 from vit_jax.evaluate import knn
+from vit_jax.evaluate import metrics as eval_metrics
 
 
 def test_layer_decay_closed_form():
@@ -125,3 +127,30 @@ def test_finetune_starts_from_the_pretrained_backbone(pretrained, tmp_path):
     train.run(cfg, str(tmp_path / "ft"))
     ft, source = checkpoint.load_params(str(tmp_path / "ft")), checkpoint.load_params(pretrained)
     np.testing.assert_array_equal(ft["blocks_1"]["attn"]["key"]["kernel"], source["blocks_1"]["attn"]["key"]["kernel"])
+
+
+def _digits_source(n: int = 11):
+    rs = np.random.default_rng(0)
+    return [{"image": rs.random((4, 4, 1)).astype(np.float32), "label": np.int32(i % 3)} for i in range(n)]
+
+
+def test_metrics_sums_accumulate_on_device_over_padded_batches():
+    """11 examples in batches of 4: the padded rows (mask 0) count for nothing, and the device-side
+    sums equal the mean computed on the host."""
+    source = _digits_source()
+    mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+    step = jax.jit(lambda state, b: {"x": jnp.sum(b["image"].mean(axis=(1, 2, 3)) * b["mask"]),
+                                     "count": jnp.sum(b["mask"])})
+    got = eval_metrics.evaluate(step, None, source, lambda e: e, mesh, 4, 1, "eval/test")
+    want = np.mean([e["image"].mean() for e in source])
+    assert set(got) == {"eval/test/x"}
+    np.testing.assert_allclose(got["eval/test/x"], want, rtol=1e-6)
+
+
+def test_features_come_back_in_source_order_without_padding():
+    source = _digits_source()
+    mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+    fn = jax.jit(lambda params, images: images.reshape(images.shape[0], -1) * params)
+    feats, labels = eval_features.extract(fn, 2.0, source, lambda e: e, mesh, 4, workers=2)
+    np.testing.assert_allclose(feats, np.stack([2.0 * e["image"].reshape(-1) for e in source]), rtol=1e-6)
+    np.testing.assert_array_equal(labels, [e["label"] for e in source])

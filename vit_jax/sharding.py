@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from vit_jax.trees import path_str
@@ -122,7 +123,6 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 def to_host(tree: Any) -> Any:
     """Fetches a (possibly multi-host sharded) pytree as numpy on every process."""
-    from jax.experimental import multihost_utils
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)

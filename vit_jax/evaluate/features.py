@@ -27,13 +27,23 @@ def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], params: Any, sour
     jitted (jax.jit) and reuse it, so repeated extractions compile once. The parameters are an
     argument, not constants baked into the program.
     """
-    feats, labels = [], []
-    for local in pipeline.eval_batches(source, transform, batch_size, jax.process_index(),
-                                       jax.process_count(), workers):
-        batch = sharding.global_batch(local, mesh)
-        out = sharding.to_host({"f": feature_fn(params, batch["image"]), "y": batch["label"],
-                                "m": batch["mask"]})
+    feats, labels, pending = [], [], None
+
+    def collect(out: dict) -> None:
+        out = sharding.to_host(out)
         keep = np.asarray(out["m"]) > 0
         feats.append(np.asarray(out["f"], np.float32)[keep])
         labels.append(np.asarray(out["y"])[keep])
+
+    # One batch in flight: the device computes batch i while the host reads batch i - 1 and
+    # prepares batch i + 1, instead of waiting for each batch's features before the next.
+    for local in pipeline.eval_batches(source, transform, batch_size, jax.process_index(),
+                                       jax.process_count(), workers):
+        batch = sharding.global_batch(local, mesh)
+        out = {"f": feature_fn(params, batch["image"]), "y": batch["label"], "m": batch["mask"]}
+        if pending is not None:
+            collect(pending)
+        pending = out
+    if pending is not None:
+        collect(pending)
     return np.concatenate(feats), np.concatenate(labels)
