@@ -7,6 +7,7 @@ import pytest
 
 from tests.tiny_config import get_config
 from vit_jax import checkpoint, init_from, metrics, models, optim, sharding, train, validate
+from vit_jax.data import pipeline
 from vit_jax.evaluate import features as eval_features
 from vit_jax.evaluate import knn
 from vit_jax.evaluate import metrics as eval_metrics
@@ -141,7 +142,7 @@ def test_metrics_sums_accumulate_on_device_over_padded_batches():
     mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
     step = jax.jit(lambda state, b: {"x": jnp.sum(b["image"].mean(axis=(1, 2, 3)) * b["mask"]),
                                      "count": jnp.sum(b["mask"])})
-    got = eval_metrics.evaluate(step, None, source, lambda e: e, mesh, 4, 1, "eval/test")
+    got = eval_metrics.evaluate(step, None, pipeline.eval_batches(source, lambda e: e, 4), mesh, "eval/test")
     want = np.mean([e["image"].mean() for e in source])
     assert set(got) == {"eval/test/x"}
     np.testing.assert_allclose(got["eval/test/x"], want, rtol=1e-6)
@@ -151,6 +152,6 @@ def test_features_come_back_in_source_order_without_padding():
     source = _digits_source()
     mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
     fn = jax.jit(lambda params, images: images.reshape(images.shape[0], -1) * params)
-    feats, labels = eval_features.extract(fn, 2.0, source, lambda e: e, mesh, 4, workers=2)
+    feats, labels = eval_features.extract(fn, 2.0, pipeline.eval_batches(source, lambda e: e, 4, workers=2), mesh)
     np.testing.assert_allclose(feats, np.stack([2.0 * e["image"].reshape(-1) for e in source]), rtol=1e-6)
     np.testing.assert_array_equal(labels, [e["label"] for e in source])

@@ -57,6 +57,23 @@ def test_grain_batches_equal_the_thread_pipeline_for_any_workers_and_processes(p
     _equal(halves[1].batch_at(87), {k: v[8:] for k, v in want[87].items()})
 
 
+def test_grain_eval_batches_equal_the_thread_eval_batches(plan):
+    """Evaluation through grain workers: the same padded, masked batches in the same order as
+    the thread loader's, in this process, with 2 workers, and split over 2 processes."""
+    cfg, p = plan
+    source = [p.eval_source[i] for i in range(37)]   # 37 = 2 batches of 16 + 5 rows and 11 of padding
+    want = list(pipeline.eval_batches(source, p.eval_transform, 16, workers=1))
+    assert len(want) == 3 and want[-1]["mask"].sum() == 5
+    for workers in (0, 2):
+        got = list(grain_pipeline.eval_batches(source, p.eval_transform, 16, workers=workers))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            _equal(a, b)
+    halves = [list(grain_pipeline.eval_batches(source, p.eval_transform, 16, i, 2, workers=0)) for i in range(2)]
+    for n, b in enumerate(want):
+        _equal({k: np.concatenate([halves[0][n][k], halves[1][n][k]]) for k in b}, b)
+
+
 def _losses(workdir):
     return [(r["step"], r.get("train/loss"), r.get("eval/test/accuracy"))
             for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

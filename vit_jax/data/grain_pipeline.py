@@ -72,12 +72,65 @@ class _Stack:
     """(position, example) rows -> one batch; rows whose shapes disagree are named by their files,
     as the thread loader names them (picklable)."""
 
-    def __init__(self, example: _Example):
+    def __init__(self, example: _Example | _EvalExample):
         self.example = example
 
     def __call__(self, rows: Sequence[tuple[int, dict]]) -> dict[str, np.ndarray]:
         positions = [k for k, _ in rows]
         return pipeline.stack([ex for _, ex in rows], lambda r: self.example.origin(positions[r]))
+
+
+class _EvalExample:
+    """Local position k -> (k, this process' row k % b of eval batch k // b) (picklable)."""
+
+    def __init__(self, source: Sequence[dict], transform: pipeline.Transform, global_batch: int,
+                 local_batch: int, offset: int):
+        self.source, self.transform = source, transform
+        self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
+
+    def position(self, k: int) -> int:
+        step, row = divmod(int(k), self.local_batch)
+        return step * self.global_batch + self.offset + row
+
+    def origin(self, k: int) -> str:
+        return pipeline.origin(self.source, min(self.position(k), len(self.source) - 1))
+
+    def __call__(self, k: int) -> tuple[int, dict]:
+        return int(k), pipeline.eval_example(self.source, self.transform, self.position(k))
+
+
+def _iterate(ds: Any, read_threads: int, workers: int, prefetch: int) -> Iterator:
+    """A batched MapDataset through read threads and, with workers > 0, worker processes."""
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(read_threads, 1),
+                                              prefetch_buffer_size=max(prefetch, 1)))
+    if workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                         per_worker_buffer_size=max(prefetch, 1)),
+                            worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+    return iter(it)
+
+
+def eval_batches(source: Sequence[dict], transform: pipeline.Transform, global_batch: int,
+                 process_index: int = 0, process_count: int = 1, workers: int = 2,
+                 read_threads: int = 1, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """pipeline.eval_batches on grain: the same padded, masked batches in the same order, made by
+    `workers` worker processes (the training loader's, data.loader="grain")."""
+    num_batches, local = pipeline.eval_layout(len(source), global_batch, process_count)
+    _parse_flags()
+    example = _EvalExample(source, transform, global_batch, local, process_index * local)
+    ds = grain.MapDataset.range(0, num_batches * local).map(example).batch(
+        local, drop_remainder=True, batch_fn=_Stack(example))
+    it = _iterate(ds, read_threads, workers, prefetch)
+    try:
+        yield from it
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+
+
+def _parse_flags() -> None:
+    if not flags.FLAGS.is_parsed():   # grain reads absl flags; a library caller may not have parsed them
+        flags.FLAGS.mark_as_parsed()
 
 
 class GrainTrainPipeline:
@@ -88,8 +141,7 @@ class GrainTrainPipeline:
                  read_threads: int = 1, prefetch: int = 2, start_step: int = 0,
                  drop_remainder: bool = False):
         pipeline.check_stream(len(source), global_batch, process_count, drop_remainder)
-        if not flags.FLAGS.is_parsed():   # grain reads absl flags; a library caller may not have parsed them
-            flags.FLAGS.mark_as_parsed()
+        _parse_flags()
         self.source, self.global_batch, self.seed = source, global_batch, seed
         self.local_batch = global_batch // process_count
         self.steps_per_epoch = steps_per_epoch(len(source), global_batch, drop_remainder)
@@ -103,13 +155,7 @@ class GrainTrainPipeline:
         b = self.local_batch
         ds = (grain.MapDataset.range(step * b, _POSITIONS).map(self._example)
               .batch(b, drop_remainder=True, batch_fn=_Stack(self._example)))
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
-                                                  prefetch_buffer_size=self.prefetch))
-        if self.workers:
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
-                                                             per_worker_buffer_size=self.prefetch),
-                                worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
-        return iter(it)
+        return _iterate(ds, self.read_threads, self.workers, self.prefetch)
 
     # -- state: the step of the next batch returned ---------------------------------
     def state(self) -> dict[str, int]:

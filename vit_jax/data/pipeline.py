@@ -207,18 +207,26 @@ def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], glob
     Each batch carries `"mask"` (1.0 for real rows, 0.0 for padding), so metrics
     averaged with it count every example exactly once.
     """
-    if global_batch % process_count:
-        raise ValueError(f"eval batch size {global_batch} is not divisible by {process_count} processes")
-    n, local = len(source), global_batch // process_count
-    num_batches = -(-n // global_batch)
-
-    def example(g: int) -> dict:
-        ex = transform(dict(source[min(g, n - 1)]))
-        ex["mask"] = np.float32(g < n)
-        return ex
-
+    num_batches, local = eval_layout(len(source), global_batch, process_count)
+    n = len(source)
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
         for step in range(num_batches):
             first = step * global_batch + process_index * local
-            yield stack(list(pool.map(example, range(first, first + local))),
+            yield stack(list(pool.map(lambda g: eval_example(source, transform, g), range(first, first + local))),
                          lambda r, first=first: origin(source, min(first + r, n - 1)))
+
+
+def eval_layout(n: int, global_batch: int, process_count: int) -> tuple[int, int]:
+    """(number of global eval batches, rows per process) of one padded pass over n examples."""
+    if global_batch % process_count:
+        raise ValueError(f"eval batch size {global_batch} is not divisible by {process_count} processes")
+    return -(-n // global_batch), global_batch // process_count
+
+
+def eval_example(source: Sequence[dict], transform: Callable[[dict], dict], g: int) -> dict:
+    """Position g of an eval pass: the transformed example g with "mask" 1.0, or past the end
+    the last example again with "mask" 0.0 (padding)."""
+    n = len(source)
+    ex = transform(dict(source[min(g, n - 1)]))
+    ex["mask"] = np.float32(g < n)
+    return ex

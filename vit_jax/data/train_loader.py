@@ -1,4 +1,4 @@
-"""The training loader a config asks for: `data.loader` = "threads" | "grain".
+"""The loaders a config asks for: `data.loader` = "threads" | "grain", for training and evaluation.
 
 Both give the same batches for the same (seed, step), so a run can switch loaders and resume:
   threads  pipeline.TrainPipeline: a thread pool in this process (data.workers threads), one
@@ -10,7 +10,9 @@ Both give the same batches for the same (seed, step), so a run can switch loader
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from vit_jax.data import grain_pipeline, pipeline
 
@@ -32,4 +34,18 @@ def for_config(source: Sequence[dict], transform: pipeline.Transform, config: An
     if loader == "threads":
         return pipeline.TrainPipeline(source, transform, config.batch_size, config.seed, process_index,
                                       process_count, d.workers, d.prefetch, drop_remainder=drop)
+    raise ValueError(f"data.loader={loader!r}: use one of {LOADERS}")
+
+
+def eval_batches(source: Sequence[dict], transform: pipeline.Transform, config: Any, batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered, padded pass over `source` (rows masked by "mask") with `config`'s loader:
+    the same batches from data.workers threads or grain worker processes."""
+    d = config.data
+    loader = d.get("loader", "threads")
+    if loader == "grain":
+        return grain_pipeline.eval_batches(source, transform, batch_size, process_index, process_count,
+                                           d.workers, d.get("read_threads", 1), d.prefetch)
+    if loader == "threads":
+        return pipeline.eval_batches(source, transform, batch_size, process_index, process_count, d.workers)
     raise ValueError(f"data.loader={loader!r}: use one of {LOADERS}")

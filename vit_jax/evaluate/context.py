@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import jax
 
-from vit_jax.data import sources
+from vit_jax.data import sources, train_loader
 
 
 @dataclasses.dataclass
@@ -36,3 +36,11 @@ class EvalContext:
         if split not in self._sources:
             self._sources[split] = sources.get_source(data.name, split, **self.source_kwargs)
         return self._sources[split]
+
+    def batches(self, source: Any, batch_size: int | None = None):
+        """One ordered pass over `source` through the eval transform, in padded global batches of
+        `batch_size` (config.eval_batch_size) with a "mask", made by the run's loader
+        (data.loader: threads or grain workers); this process' rows."""
+        return train_loader.eval_batches(source, self.eval_transform, self.config,
+                                         batch_size or self.config.eval_batch_size,
+                                         jax.process_index(), jax.process_count())

@@ -1,14 +1,13 @@
 """Features of a frozen backbone over a whole data source, gathered on every process."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import sharding
-from vit_jax.data import pipeline
 
 
 def pooled_features(module: Any) -> Callable[[Any, jax.Array], jax.Array]:
@@ -18,10 +17,10 @@ def pooled_features(module: Any) -> Callable[[Any, jax.Array], jax.Array]:
     return fn
 
 
-def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], params: Any, source: Any,
-            transform: Callable, mesh: jax.sharding.Mesh, batch_size: int,
-            workers: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D) float32, labels (N,)) in source order.
+def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], params: Any, batches: Iterable[dict],
+            mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D) float32, labels (N,)) in source order, from `batches`: this process' rows of
+    an ordered, padded pass (EvalContext.batches; padding rows, "mask" 0, are dropped).
 
     `feature_fn(params, images)` maps a global image batch (B, H, W, C) to (B, D); pass it
     jitted (jax.jit) and reuse it, so repeated extractions compile once. The parameters are an
@@ -37,8 +36,7 @@ def extract(feature_fn: Callable[[Any, jax.Array], jax.Array], params: Any, sour
 
     # One batch in flight: the device computes batch i while the host reads batch i - 1 and
     # prepares batch i + 1, instead of waiting for each batch's features before the next.
-    for local in pipeline.eval_batches(source, transform, batch_size, jax.process_index(),
-                                       jax.process_count(), workers):
+    for local in batches:
         batch = sharding.global_batch(local, mesh)
         out = {"f": feature_fn(params, batch["image"]), "y": batch["label"], "m": batch["mask"]}
         if pending is not None:

@@ -109,9 +109,8 @@ def make(name: str, spec, ctx: EvalContext):
             return {}
         if 0 < spec.memory_size < len(memory):
             memory = MemorySubset(memory, int(spec.memory_size), cfg.seed)
-        args = (ctx.eval_transform, ctx.mesh, cfg.eval_batch_size, cfg.data.workers)
-        train_x, train_y = features.extract(feature_fn, variables, memory, *args)
-        test_x, test_y = features.extract(feature_fn, variables, queries, *args)
+        train_x, train_y = features.extract(feature_fn, variables, ctx.batches(memory), ctx.mesh)
+        test_x, test_y = features.extract(feature_fn, variables, ctx.batches(queries), ctx.mesh)
         preds = knn_predict(train_x, train_y, test_x, num_classes, ks, float(spec.temperature))
         return {f"eval/{name}/top1_k{k}": float(np.mean(p == test_y)) for k, p in preds.items()}
     return run

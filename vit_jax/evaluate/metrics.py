@@ -6,13 +6,12 @@ device (float32: counts are exact below 2^24 examples); the host reads them once
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
 
 from vit_jax import sharding
-from vit_jax.data import pipeline
 from vit_jax.evaluate.context import EvalContext
 
 DEFAULTS = dict(split="")   # "" = data.eval_split
@@ -39,13 +38,12 @@ def _accumulate(totals: dict, sums: dict) -> dict:
     return jax.tree.map(jnp.add, totals, sums)
 
 
-def evaluate(eval_step, state, source, transform, mesh, batch_size: int, workers: int,
-             prefix: str) -> dict[str, float]:
-    """Means of `eval_step`'s sums over `source`, named prefix/<metric>. The sums are added up
-    on the device and read once at the end, so the host never waits on a batch."""
+def evaluate(eval_step, state, batches: Iterable[dict], mesh, prefix: str) -> dict[str, float]:
+    """Means of `eval_step`'s sums over `batches` (this process' rows of padded global batches,
+    e.g. EvalContext.batches), named prefix/<metric>. The sums are added up on the device and
+    read once at the end, so the host never waits on a batch."""
     totals = None
-    for local in pipeline.eval_batches(source, transform, batch_size, jax.process_index(),
-                                       jax.process_count(), workers):
+    for local in batches:
         sums = eval_step(state, sharding.global_batch(local, mesh))
         totals = sums if totals is None else _accumulate(totals, sums)
     totals = {k: float(v) for k, v in jax.device_get(totals or {}).items()}
@@ -69,7 +67,6 @@ def make(name: str, spec, ctx: EvalContext):
         for suffix, fn in steps.items():
             if suffix and "ema" not in state:
                 continue
-            out.update(evaluate(fn, state, ctx.source(split), ctx.eval_transform, ctx.mesh,
-                                cfg.eval_batch_size, cfg.data.workers, f"eval/{split}{suffix}"))
+            out.update(evaluate(fn, state, ctx.batches(ctx.source(split)), ctx.mesh, f"eval/{split}{suffix}"))
         return out
     return run
