@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
-from vit_jax import objectives
+from vit_jax import objectives, sharding
 from vit_jax.data import mixup, randaugment, transforms as T
 from vit_jax.data.info import DataInfo
 
@@ -191,7 +191,7 @@ def test_random_spec_needs_rng():
 # ------------------------------------------------------------------------------ mixup / cutmix
 # One compiled function serves every test: the alphas are static (they decide which branches
 # exist), switch_prob and prob are traced, so switch_prob 0 / 1 give mixup-only / cutmix-only.
-_mix = jax.jit(mixup.mixup_cutmix, static_argnames=("mixup_alpha", "cutmix_alpha"))
+_mix = jax.jit(mixup.mixup_cutmix, static_argnames=("mixup_alpha", "cutmix_alpha", "groups"))
 
 
 def _mixed(seed, images, targets, switch_prob=0.5, prob=1.0):  # same signature: one compile
@@ -231,6 +231,29 @@ def test_mixup_only():
         assert 0.0 < lam < 1.0
         np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
         np.testing.assert_allclose(x, lam * images + (1 - lam) * images[::-1], rtol=1e-5, atol=1e-5)
+
+
+def test_mixup_pairs_within_device_blocks_without_collectives():
+    """groups=G mixes row i with its mirror inside its block of B/G rows; on 8 devices with G = 8
+    the compiled mix has no collective-permute, where the whole-batch flip (timm's) needs them."""
+    images, targets, _ = _batch(b=16)
+    x, y = _mix(jax.random.key(1), images, targets, mixup_alpha=0.8, cutmix_alpha=0.0, groups=4)
+    lam = float(y[0, 0])   # row 0 (label 0) is mixed with row 3 (label 3)
+    partner = np.array([3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12], np.float32)
+    np.testing.assert_allclose(x[:, 0, 0, 0], lam * np.arange(16) + (1 - lam) * partner, rtol=1e-5)
+    np.testing.assert_array_equal(mixup.flip_within(jnp.arange(6), 1), np.arange(6)[::-1])
+    with pytest.raises(ValueError, match="must divide the batch"):
+        mixup.flip_within(jnp.arange(6), 4)
+    mesh = sharding.make_mesh(8, 1, 1)
+    rows = sharding.batch_sharding(mesh)
+    images, targets, _ = _batch(b=32)
+    for groups, permutes in ((1, True), (8, False)):
+        f = jax.jit(lambda i, t, g=groups: mixup.mixup_cutmix(jax.random.key(0), i, t, 0.8, 1.0, groups=g),
+                    in_shardings=(rows, rows), out_shardings=(rows, rows))
+        hlo = f.lower(images, targets).compile().as_text()
+        assert ("collective-permute" in hlo) == permutes, groups
+    assert sharding.batch_shard_count({"data": -1, "fsdp": 1, "model": 1}, 8) == 8
+    assert sharding.batch_shard_count({"data": 2, "fsdp": 2, "model": 2}, 8) == 4
 
 
 def test_cutmix_area_correction():

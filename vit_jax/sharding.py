@@ -34,12 +34,11 @@ DEFAULT_TENSOR_RULES: tuple[tuple[str, tuple], ...] = (
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
-                            devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, model) mesh over all devices; one axis may be -1 (the rest)."""
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, devices: int | None = None
+               ) -> tuple[int, int, int]:
+    """The (data, fsdp, model) sizes of make_mesh over `devices` (default: all); one axis may be -1."""
+    n = jax.device_count() if devices is None else int(devices)
     sizes = [data, fsdp, model]
-    n = len(devices)
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} model={model}")
     known = int(np.prod([s for s in sizes if s != -1]))
@@ -48,11 +47,26 @@ def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
     if -1 in sizes:
         if n % known:
             raise ValueError(f"mesh: {n} devices are not divisible by fsdp*model={known}; "
-                                              "set --config.mesh.* so their product divides the device count")
+                             "set --config.mesh.* so their product divides the device count")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
         raise ValueError(f"mesh: data*fsdp*model = {int(np.prod(sizes))} but there are {n} devices; "
-                                          "set one axis to -1 to use the rest")
+                         "set one axis to -1 to use the rest")
+    return tuple(int(s) for s in sizes)
+
+
+def batch_shard_count(mesh_config: Any, devices: int | None = None) -> int:
+    """Into how many contiguous blocks the global batch is split over the devices (data * fsdp)
+    for config.mesh: what an objective needs to keep work within each device's rows."""
+    data, fsdp, _ = mesh_shape(**dict(mesh_config), devices=devices)
+    return data * fsdp
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, model) mesh over all devices; one axis may be -1 (the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(data, fsdp, model, len(devices))
     # Devices of one process sit next to each other along the batch axes, so a
     # process' local batch is a contiguous block of the global batch.
     arr = np.asarray(devices, dtype=object).reshape(sizes)

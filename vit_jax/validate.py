@@ -237,7 +237,9 @@ def validate(c) -> Plan:
             _fail(f"data.eval_transform gives images of shape {eval_shape} but data.train_transform "
                   f"gives {example['image'].shape}; make their sizes agree")
         # Abstract trace of init and loss: catches shape errors (patch size, channels) without compiling.
-        ex = {k: jax.ShapeDtypeStruct((2,) + v.shape, v.dtype) for k, v in example.items()}
+        # a batch of at least 2 rows and of whole device blocks (losses may pair rows within them)
+        rows = 2 * objective.batch_shards
+        ex = {k: jax.ShapeDtypeStruct((rows,) + v.shape, v.dtype) for k, v in example.items()}
         rng = jax.ShapeDtypeStruct((2,), np.uint32)
         params, extra = jax.eval_shape(objective.init, rng, {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype)
                                                                                                                   for k, v in example.items()})

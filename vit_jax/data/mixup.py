@@ -5,8 +5,11 @@ Python floats (config constants; static under jit), so *whether* mixup/cutmix ca
 decided at trace time; ``switch_prob`` and ``prob`` may be traced, and so are the method drawn
 and lam.
 
-Batch mode: one lam for the whole batch; example i is mixed with example B-1-i (the batch flipped).
-Under a sharded batch the flip is a global permutation, which XLA lowers to a collective.
+Batch mode: one lam for the whole batch; example i is mixed with example B-1-i (the batch flipped),
+or with ``groups`` > 1 with its mirror inside its block of B / groups rows: objectives pass the
+number of devices the batch is sharded over (sharding.batch_shard_count), so every pair lies on
+one device; a whole-batch flip is a global permutation that XLA lowers to collective-permutes.
+groups = 1 is timm's pairing.
 """
 from __future__ import annotations
 
@@ -41,10 +44,19 @@ def cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int
     return inside, lam_box
 
 
+def flip_within(x: jax.Array, groups: int = 1) -> jax.Array:
+    """(B, ...) -> each of `groups` contiguous blocks of B / groups rows reversed (1: x[::-1])."""
+    b = x.shape[0]
+    if groups < 1 or b % groups:
+        raise ValueError(f"mixup pairs rows within {groups} blocks, which must divide the batch of {b}")
+    return x.reshape((groups, b // groups) + x.shape[1:])[:, ::-1].reshape(x.shape)
+
+
 def mixup_cutmix(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.5,
-                 prob: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """Mix a batch with its flip. images (B, H, W, C) float, labels_onehot (B, K) -> same shapes.
+                 prob: float = 1.0, groups: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Mix a batch with its flip (within `groups` blocks, see the module docstring).
+    images (B, H, W, C) float, labels_onehot (B, K) -> same shapes.
 
     With probability ``prob`` the batch is mixed, otherwise returned as is (lam = 1). Mixup:
     lam ~ Beta(mixup_alpha, mixup_alpha), x = lam x + (1 - lam) x_flip. CutMix: lam ~
@@ -74,8 +86,8 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
     weight = jnp.where(apply, weight, 1.0)
     lam = jnp.where(apply, jnp.where(cutmix_on, lam_box, lam_mix.astype(jnp.float32)), 1.0)
 
-    flipped = images[::-1]
+    flipped = flip_within(images, groups)
     wgt = weight[None, :, :, None].astype(images.dtype)
     mixed = images * wgt + flipped * (1 - wgt)
-    targets = lam * labels_onehot + (1.0 - lam) * labels_onehot[::-1]
+    targets = lam * labels_onehot + (1.0 - lam) * flip_within(labels_onehot, groups)
     return mixed, targets.astype(labels_onehot.dtype)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from vit_jax import sharding
 from vit_jax.data.info import DataInfo
 from vit_jax.trees import subtree
 
@@ -121,6 +122,13 @@ class Objective:
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         self.config, self.info = config, info
         self.cfg = section(config, config.objective, self.defaults)
+
+    @property
+    def batch_shards(self) -> int:
+        """Into how many contiguous blocks of rows config.mesh splits the global batch over the
+        devices (data * fsdp): a loss that pairs rows (mixup) pairs them within a block."""
+        mesh = self.config.get("mesh")
+        return sharding.batch_shard_count(mesh) if mesh else 1
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
         """Initial (params, extra) from one example batch of shape (1, ...)."""

@@ -211,7 +211,7 @@ class Distill(Objective):
         targets = mixup_lib.one_hot_smooth(batch["label"], self.info.num_classes, s.label_smoothing)
         if s.mixup_alpha > 0 or s.cutmix_alpha > 0:
             images, targets = mixup_lib.mixup_cutmix(rng_mix, images, targets, s.mixup_alpha,
-                                                     s.cutmix_alpha, prob=s.mix_prob)
+                                                     s.cutmix_alpha, prob=s.mix_prob, groups=self.batch_shards)
         out, aux, collections = apply_module(self.backbone, params, self._student_collections(extra),
                                              images, True, rng_drop)
         teacher = None if self.teacher is None else self._teacher_logits(extra, images)

@@ -55,7 +55,7 @@ class Supervised(Objective):
         if s.mixup_alpha > 0 or s.cutmix_alpha > 0:
             prob = s.mix_prob if self.mix_steps is None else jnp.where(step < self.mix_steps, s.mix_prob, 0.0)
             images, targets = mixup_lib.mixup_cutmix(rng_mix, images, targets, s.mixup_alpha,
-                                                     s.cutmix_alpha, prob=prob)
+                                                     s.cutmix_alpha, prob=prob, groups=self.batch_shards)
         logits, _, extra = apply_module(self.backbone, params, extra, images, True, rng_drop)
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
