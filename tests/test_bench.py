@@ -3,8 +3,11 @@ import json
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
 from tests import subprocess_run
-from vit_jax import bench
+from vit_jax import aot, bench, sharding
 
 
 def test_bench_in_process():
@@ -23,3 +26,52 @@ def test_bench_cli_json():
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["model"] == "vit_tiny_patch4_16" and r["batch"] == 4 and r["image_size"] == 16
+
+
+HLO = """
+  %ag = f32[8,16]{1,0} all-gather(f32[4,16]{1,0} %p), dimensions={0}
+  %ar = (f32[10]{0}, bf16[3,2]{1,0}) all-reduce(f32[10]{0} %a, bf16[3,2]{1,0} %b), to_apply=%add
+  %cps = (f32[5]{0}, f32[5]{0}) collective-permute-start(f32[5]{0} %c), source_target_pairs={{0,1}}
+  %cpd = f32[5]{0} collective-permute-done((f32[5]{0}, f32[5]{0}) %cps)
+  %add = f32[8,16]{1,0} add(f32[8,16]{1,0} %ag, f32[8,16]{1,0} %ag)
+"""
+
+
+def test_collective_bytes_closed_form():
+    c = aot.collective_bytes(HLO)
+    assert c["all-gather"] == {"count": 1, "bytes": 8 * 16 * 4}
+    assert c["all-reduce"] == {"count": 1, "bytes": 10 * 4 + 6 * 2}
+    assert c["collective-permute"] == {"count": 1, "bytes": 5 * 4}   # the -done is not counted again
+    assert c["reduce-scatter"]["count"] == c["all-to-all"]["count"] == 0
+
+
+def test_aot_plan_on_8_simulated_devices():
+    """The step compiles for 8 devices without running; the arguments are exactly each device's
+    shard of the state and the batch, FSDP gathers the parameters and pure data parallelism
+    does not (it all-reduces the gradients instead)."""
+    tiny = dict(width=16, depth=1, num_heads=2)
+    plans = {m: aot.plan("vit_tiny_patch2_8", 16, m, image_size=8, num_classes=10, overrides=tiny,
+                         fsdp_min_size=1)
+             for m in ((4, 2, 1), (8, 1, 1))}
+    for shape, r in plans.items():
+        mesh = sharding.make_mesh(*shape)
+        built = aot.build_step("vit_tiny_patch2_8", 16, 8, mesh, num_classes=10, overrides=tiny,
+                               fsdp_min_size=1)
+        want = sum(int(np.prod(s.sharding.shard_shape(s.shape))) * s.dtype.itemsize
+                   for s in jax.tree.leaves((built["state"], built["batch"])))
+        assert r["bytes"]["argument"] == want and r["devices"] == 8
+        assert r["bytes"]["peak"] > want and r["bytes"]["temp"] > 0 and r["gflop_per_device"] > 0
+    assert "all-gather" in plans[(4, 2, 1)]["collectives"]
+    assert "all-gather" not in plans[(8, 1, 1)]["collectives"]
+    assert "all-reduce" in plans[(8, 1, 1)]["collectives"]
+
+
+def test_aot_cli_simulates_the_devices_it_is_given():
+    out = subprocess.run([sys.executable, "-m", "vit_jax.bench", "--aot", "--devices", "4", "--mesh", "2,2,1",
+                          "--model", "vit_tiny_patch2_8", "--batch", "4", "--json"],
+                         env=subprocess_run.env(1), cwd=subprocess_run.ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 4 and r["mesh"] == {"data": 2, "fsdp": 2, "model": 1}
+    assert r["bytes"]["argument"] > 0 and "all-gather" in r["collectives"]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import config_base, models, objectives, optim, sharding, train
+from vit_jax import aot, config_base, models, objectives, optim, sharding, train
 from vit_jax import state as state_lib
 from vit_jax.data.info import DataInfo
 
@@ -49,8 +49,7 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
         cfg.model[k] = v
     if dtype != "float32":
         cfg.model.dtype = dtype
-    size = image_size or getattr(models.create(model), "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size = image_size or _image_size(model)
     cfg.total_steps = 10_000
     cfg.optim.warmup_steps = 100
     info = DataInfo(num_classes=num_classes, image_shape=(size, size, 3), num_train=batch)
@@ -117,13 +116,36 @@ def main(argv=None) -> None:
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", action="store_true", help="print one JSON object only")
+    p.add_argument("--aot", action="store_true",
+                   help="compile, do not run: per-device memory, FLOPs and collectives (vit_jax/aot.py)")
+    p.add_argument("--devices", type=int, default=0, help="--aot: simulated CPU devices (0: the real ones)")
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model sizes (one may be -1)")
+    p.add_argument("--objective", default="supervised", help="--aot: supervised | mae")
+    p.add_argument("--remat", action="store_true", help="--aot: rematerialise each block")
+    p.add_argument("--accum", type=int, default=1, help="--aot: microbatches per step (gradient accumulation)")
     a = p.parse_args(argv)
-    r = bench(a.model, a.batch, a.steps, a.repeats, a.image_size, a.dtype)
+    mesh = tuple(int(x) for x in a.mesh.split(","))
+    if len(mesh) != 3:
+        p.error(f"--mesh {a.mesh!r}: give three sizes data,fsdp,model, e.g. 8,8,1")
+    if a.aot:
+        if a.devices:   # before anything asks for a device: the CPU backend starts with N
+            jax.config.update("jax_platforms", "cpu")
+            jax.config.update("jax_num_cpu_devices", a.devices)
+        size = a.image_size or _image_size(a.model)
+        r = aot.plan(a.model, a.batch, mesh, image_size=size, objective=a.objective, dtype=a.dtype,
+                     remat=a.remat, accum=a.accum)
+    else:
+        r = bench(a.model, a.batch, a.steps, a.repeats, a.image_size, a.dtype, mesh=mesh)
     if a.json:
         print(json.dumps(r))
         return
     for k, v in r.items():
         print(f"{k:>16}: {v}")
+
+
+def _image_size(model: str) -> int:
+    size = getattr(models.create(model), "image_size", 224)
+    return size[0] if isinstance(size, (tuple, list)) else size
 
 
 if __name__ == "__main__":
