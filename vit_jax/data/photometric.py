@@ -6,7 +6,7 @@ hue in a random order) -> grayscale (gray_p) -> Gaussian blur (blur_p, sigma ~ U
 solarize (solarize_p, threshold 128 of 255). :func:`draw` takes its random numbers from the
 example's rng in the order the host path always has (jitter coin, permutation, factors, grayscale
 coin, blur coin, sigma, solarize coin; a probability of 0 or 1 draws no coin), and returns them as
-one float32 row of NUM_PARAMS (the *_AT offsets below). The host and the device chains read the
+one row of NUM_PARAMS (the *_AT offsets below). The host and the device chains read the
 same row, so switching the chain to the device changes neither the crops' geometry nor the
 parameters' distribution, and resume stays exact.
 
@@ -43,8 +43,9 @@ LUMA = (0.299, 0.587, 0.114)   # ITU-R 601-2, PIL's "L"
 def draw(rng: np.random.Generator, *, jitter_p: float, brightness: float, contrast: float,
          saturation: float, hue: float, gray_p: float, blur_p: float,
          sigma_range: tuple[float, float], solarize_p: float) -> np.ndarray:
-    """One crop's parameters, float32 (NUM_PARAMS,); ``sigma_range`` in pixels of the crop."""
-    p = np.zeros(NUM_PARAMS, np.float32)
+    """One crop's parameters, float64 (NUM_PARAMS,) as drawn (the host's PIL chain uses them
+    exactly; the device gets them as float32); ``sigma_range`` in pixels of the crop."""
+    p = np.zeros(NUM_PARAMS, np.float64)
     p[ORDER_AT:ORDER_AT + 4] = np.arange(4)
     p[FACTORS_AT:FACTORS_AT + 3] = 1.0
     if coin(rng, jitter_p):
