@@ -85,7 +85,10 @@ def _row(**set_) -> np.ndarray:
 def test_apply_follows_the_row():
     x = (RGB * 255).round().astype(np.uint8)
     u = x.astype(np.float32) / 255
-    run = lambda *rows: np.asarray(P.apply(jnp.asarray(x[:len(rows)]), jnp.asarray(np.stack(rows)), 1))  # noqa: E731
+
+    def run(*rows: np.ndarray) -> np.ndarray:
+        return np.asarray(P.apply(jnp.asarray(x[:len(rows)]), jnp.asarray(np.stack(rows)), 1))
+
     np.testing.assert_allclose(run(_row(), _row(factors=[0.5, 2.0, 0.0, 0.3])), u[:2], atol=1e-6)  # off
     # the order decides: brightness x2 then contrast x0 (flat at the mean) vs the other way round
     bc = _row(jitter=1, factors=[2.0, 0.0, 1.0, 0.0])
