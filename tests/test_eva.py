@@ -15,7 +15,6 @@ import pytest
 from vit_jax import checkpoint, convert, objectives, teachers, train
 from vit_jax import state as state_lib
 from vit_jax.runs import load_run
-from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, cosine_per_token, eva_init,
                                 masked_cosine_loss, per_example_masked_cosine_loss)
 from vit_jax.models.vit import ViT

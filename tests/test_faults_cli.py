@@ -5,7 +5,6 @@ config.json in a workdir, a damaged Hugging Face folder. Each is ONE line naming
 on a failing command line is not created)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax.data import color_ops as C
 from vit_jax.data import multicrop as M
 from vit_jax.data import pipeline
 from vit_jax.data import transforms as T

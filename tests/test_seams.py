@@ -11,9 +11,7 @@ import re
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 import pytest
 
 from tests.tiny_config import get_config
