@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import config_base, objectives, optim, sharding, train
@@ -56,8 +57,9 @@ def build_step(model: str, batch: int, image_size: int, mesh: jax.sharding.Mesh,
                objective: str = "supervised", dtype: str = "float32", num_classes: int = 1000,
                remat: bool = False, accum: int = 1, overrides: dict | None = None,
                fsdp_min_size: int = 2 ** 12) -> dict[str, Any]:
-    """The train step of `model` under `objective` on `mesh` with abstract inputs: {"step" (jitted),
-    "state" and "batch" (ShapeDtypeStructs with their shardings), "shardings", "objective"}."""
+    """The train step of `model` under `objective` on `mesh`: {"step" (jitted, state donated),
+    "state" and "batch" (ShapeDtypeStructs with their shardings), "init" (rng -> a real state
+    with those shardings), "shardings", "objective"}. vit_jax.bench runs it; plan compiles it."""
     cfg = config_base.base_config()
     cfg.model_name, cfg.objective = model, objective
     cfg.model.update(overrides or {})
@@ -85,7 +87,11 @@ def build_step(model: str, batch: int, image_size: int, mesh: jax.sharding.Mesh,
             "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=rows)}
     step = jax.jit(train.make_train_step(obj, tx, schedule, accum, 0.0), in_shardings=(shardings, rows),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return {"step": step, "state": state, "batch": data, "shardings": shardings, "objective": obj}
+    init = jax.jit(lambda r: state_lib.init_state(obj, tx, r, {k: jnp.zeros(v.shape, v.dtype)
+                                                              for k, v in example.items()}),
+                   out_shardings=shardings)
+    return {"step": step, "state": state, "batch": data, "init": init, "shardings": shardings,
+            "objective": obj}
 
 
 def plan(model: str, batch: int, mesh_shape: tuple[int, int, int], *, image_size: int = 224,

@@ -13,12 +13,9 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import aot, config_base, models, objectives, optim, sharding, train
-from vit_jax import state as state_lib
-from vit_jax.data.info import DataInfo
+from vit_jax import aot, models, sharding
 
 # Dense peak TFLOP/s per device, by jax device_kind (bf16 unless noted).
 PEAK_TFLOPS = {
@@ -43,36 +40,16 @@ def bench(model: str, batch: int, steps: int = 10, repeats: int = 3, image_size:
                     dtype: str = "float32", num_classes: int = 1000, mesh: tuple[int, int, int] = (-1, 1, 1),
                     overrides: dict | None = None) -> dict:
 
-    cfg = config_base.base_config()
-    cfg.model_name = model
-    for k, v in (overrides or {}).items():
-        cfg.model[k] = v
-    if dtype != "float32":
-        cfg.model.dtype = dtype
     size = image_size or _image_size(model)
-    cfg.total_steps = 10_000
-    cfg.optim.warmup_steps = 100
-    info = DataInfo(num_classes=num_classes, image_shape=(size, size, 3), num_train=batch)
-    objective = objectives.build(cfg, info)
     mesh_ = sharding.make_mesh(*mesh)
-
-    rng = jax.random.PRNGKey(0)
-    example = {"image": jnp.zeros((1, size, size, 3)), "label": jnp.zeros((1,), jnp.int32)}
-
-    params_shape = jax.eval_shape(objective.init, rng, example)[0]
-    tx, schedule = optim.make_optimizer(cfg, params_shape, cfg.total_steps,
-                                        decay_rule=objective.weight_decay_rule,
-                                        held=objective.held)
-    abstract = jax.eval_shape(lambda r: state_lib.init_state(objective, tx, r, example), rng)
-    shardings = sharding.tree_shardings(abstract, mesh_)
-    state = jax.jit(lambda r: state_lib.init_state(objective, tx, r, example), out_shardings=shardings)(rng)
+    # the same step aot.py compiles for simulated devices, here on real ones with real arrays
+    built = aot.build_step(model, batch, size, mesh_, dtype=dtype, num_classes=num_classes,
+                           overrides=overrides)
+    state, step_fn, abstract = built["init"](jax.random.PRNGKey(0)), built["step"], built["state"]
     rs = np.random.default_rng(0)
     data = sharding.global_batch({
             "image": rs.standard_normal((batch, size, size, 3), dtype=np.float32),
             "label": rs.integers(0, num_classes, (batch,)).astype(np.int32)}, mesh_)
-    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, 1, 0.0),
-                                        in_shardings=(shardings, sharding.batch_sharding(mesh_)),
-                                        out_shardings=(shardings, sharding.replicated(mesh_)), donate_argnums=(0,))
 
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, data).compile()
