@@ -43,6 +43,12 @@ def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _position(k: int, global_batch: int, local_batch: int, offset: int) -> int:
+    """Local position k -> the global stream position of this process' row k % b of batch k // b."""
+    step, row = divmod(int(k), local_batch)
+    return step * global_batch + offset + row
+
+
 class _Example:
     """Local stream position k -> this process' row k % b of global batch k // b (picklable)."""
 
@@ -53,8 +59,7 @@ class _Example:
         self.drop_remainder = drop_remainder
 
     def position(self, k: int) -> int:
-        step, row = divmod(int(k), self.local_batch)
-        return step * self.global_batch + self.offset + row
+        return _position(k, self.global_batch, self.local_batch, self.offset)
 
     def index(self, g: int) -> int:
         return pipeline.source_index(g, len(self.source), self.seed, self.global_batch,
@@ -89,8 +94,7 @@ class _EvalExample:
         self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
 
     def position(self, k: int) -> int:
-        step, row = divmod(int(k), self.local_batch)
-        return step * self.global_batch + self.offset + row
+        return _position(k, self.global_batch, self.local_batch, self.offset)
 
     def origin(self, k: int) -> str:
         return pipeline.origin(self.source, min(self.position(k), len(self.source) - 1))

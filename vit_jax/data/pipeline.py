@@ -209,10 +209,14 @@ def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], glob
     """
     num_batches, local = eval_layout(len(source), global_batch, process_count)
     n = len(source)
+
+    def example(g: int) -> dict:
+        return eval_example(source, transform, g)
+
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
         for step in range(num_batches):
             first = step * global_batch + process_index * local
-            yield stack(list(pool.map(lambda g: eval_example(source, transform, g), range(first, first + local))),
+            yield stack(list(pool.map(example, range(first, first + local))),
                          lambda r, first=first: origin(source, min(first + r, n - 1)))
 
 
