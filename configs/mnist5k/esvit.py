@@ -37,7 +37,8 @@ one, 90.3 after 5, 92.1 after 10, 93.3 after 15; student 93.0 / 92.9): below the
 (benchmarks/official_dino_mnist5k.py with the remedy flags): 92.0 / 92.0. EsViT (vr,vit) on this
 recipe: 91.2 / 91.8, below DINO (the paper's ordering V+R >= V is not reproduced on the ViT).
 Swin, the same recipe and 20 epochs: `vr,swin` 49.9 / 51.4 against `v,swin` 43.2 / 45.7 (V+R above
-V, the paper's ordering; both low: the ViT's position-embedding remedy has no Swin counterpart).
+V, the paper's ordering; above the random-init Swin's 23.7 / 23.5, far below the pixels: the ViT's
+position-embedding remedy has no Swin counterpart).
 Every run logs the teacher's k-NN (eval/knn/top1_k*), the student's (eval/knn_student/top1_k*) and
 the share of the teacher's top-10 correspondences on ink (eval/esvit_correspondence/ink_top10, 100
 test digits), with the collapse diagnostics (train/view/*) at every log step. Then, on the EMA
