@@ -22,7 +22,7 @@ def _log_softmax(x):
 
 
 def numpy_esvit(s_view, t_view, center, tau_s, tau_t, s_region=None, s_feat=None, t_region=None,
-                t_feat=None, center_grid=None):
+                t_feat=None, center_grid=None, s_valid=None, t_valid=None):
     """Paper / official-code semantics, one scalar at a time."""
     n_crops, batch = s_view.shape[0], s_view.shape[1]
     total, pairs = 0.0, 0
@@ -41,15 +41,16 @@ def numpy_esvit(s_view, t_view, center, tau_s, tau_t, s_region=None, s_feat=None
                 region = 0.0
                 for b in range(batch):
                     ts = s_feat[v][b].shape[0]
+                    students = [i for i in range(ts) if s_valid is None or s_valid[v][b, i]]
+                    teachers = [j for j in range(t_feat.shape[2]) if t_valid is None or t_valid[iq, b, j]]
                     acc = 0.0
-                    for i in range(ts):
+                    for i in students if teachers else []:
                         zs = s_feat[v][b, i] / np.linalg.norm(s_feat[v][b, i])
-                        sims = [zs @ (t_feat[iq, b, j] / np.linalg.norm(t_feat[iq, b, j]))
-                                for j in range(t_feat.shape[2])]
-                        j = int(np.argmax(sims))
+                        sims = [zs @ (t_feat[iq, b, j] / np.linalg.norm(t_feat[iq, b, j])) for j in teachers]
+                        j = teachers[int(np.argmax(sims))]
                         p = _softmax((t_region[iq, b, j] - center_grid[0]) / tau_t)
                         acc += -(p * _log_softmax(s_region[v][b, i] / tau_s)).sum()
-                    region += acc / ts
+                    region += acc / max(len(students) if teachers else 0, 1)
                 region /= batch
                 total += 0.5 * view + 0.5 * region
             pairs += 1
@@ -95,6 +96,41 @@ def test_view_plus_region_loss_equals_numpy(crops):
     other, _ = L.esvit_loss(f(s_view), f(t_view), f(center), 0.1, 0.07, [f(x) for x in s_region],
                             [f(x) for x in s_feat], shuffled, f(t_feat), f(center_grid))
     assert abs(float(other) - float(got)) > 1e-3
+
+
+def test_region_on_content_tokens_equals_numpy(crops):
+    """esvit.region_min_std: only valid student tokens count, matched only to valid teacher tokens;
+    a row without valid teacher tokens adds 0."""
+    s_view, t_view, center, s_region, s_feat, t_region, t_feat, center_grid = crops
+    rng = np.random.default_rng(1)
+    s_valid = [rng.random(x.shape[:2]) < 0.6 for x in s_feat]
+    t_valid = rng.random(t_feat.shape[:3]) < 0.5
+    t_valid[0, 1] = False   # no content in one teacher crop
+    t_valid[1, 0] = [True] + [False] * (t_valid.shape[2] - 1)
+    want = numpy_esvit(s_view, t_view, center, 0.1, 0.07, s_region, s_feat, t_region, t_feat, center_grid,
+                       s_valid, t_valid)
+    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    args = (f(s_view), f(t_view), f(center), 0.1, 0.07, [f(x) for x in s_region], [f(x) for x in s_feat],
+            f(t_region), f(t_feat), f(center_grid))
+    got, _ = L.esvit_loss(*args, student_valid=[jnp.asarray(v) for v in s_valid], teacher_valid=jnp.asarray(t_valid))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    everything = L.esvit_loss(*args, student_valid=[jnp.ones(v.shape, bool) for v in s_valid],
+                              teacher_valid=jnp.ones(t_valid.shape, bool))[0]
+    assert float(everything) == pytest.approx(float(L.esvit_loss(*args)[0]), rel=1e-6)
+    assert abs(float(everything) - float(got)) > 1e-3
+
+
+def test_content_tokens_closed_form():
+    """A 4x4 crop in 2x2 cells: flat cells are background, a cell with one bright pixel is content."""
+    crops = np.zeros((2, 4, 4, 1), np.float32)
+    crops[0, 0, 3] = 1.0          # cell (0, 1): std sqrt(3) / 4 = 0.433
+    crops[1] = 0.7                # flat everywhere
+    crops[1, 3, 0] = 0.75         # cell (1, 0): std 0.0217
+    got = np.asarray(L.content_tokens(jnp.asarray(crops), 4, 0.01))
+    np.testing.assert_array_equal(got, [[False, True, False, False], [False, False, True, False]])
+    assert not np.asarray(L.content_tokens(jnp.asarray(crops), 4, 0.05))[1].any()
+    with pytest.raises(ValueError, match="do not tile"):
+        L.content_tokens(jnp.asarray(crops), 3, 0.1)
 
 
 def test_uniform_predictions_give_log_k():

@@ -152,7 +152,9 @@ def test_sharded_step_equals_single_device_centers_and_losses(on_device):
 def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
     # DINO alone runs with DINOv2's remedies, DINO's epochs, the student's k-NN and the
     # photometric chain on the device as well
-    remedies = {} if region else dict(sinkhorn_iters=3, koleo_weight=0.1, photometric_on_device=True)
+    # (EsViT with the region term on content tokens only)
+    remedies = dict(region_min_std=0.1) if region else dict(sinkhorn_iters=3, koleo_weight=0.1,
+                                                            photometric_on_device=True)
     cfg = esvit_config(region=region, **remedies)
     cfg.total_steps, cfg.eval_every, cfg.checkpoint_every = 10, 5, 10
     if not region:
@@ -166,6 +168,8 @@ def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
     assert len(student_knn) == (0 if region else 2)
     assert ("train/koleo" in rows[0]) == (not region)
     assert ("train/region_loss" in rows[0]) == region
+    if region:   # about half of a digit crop's cells hold ink
+        assert 0.05 < rows[0]["train/region/content_tokens"] < 0.95
     # DINO's collapse checks are logged with every training row: H(q) within [0, ln K]
     k = cfg.esvit.out_dim
     for head in ("view", "region") if region else ("view",):
@@ -192,7 +196,7 @@ def test_esvit_trains_through_the_loop_with_knn_and_pictures(tmp_path, region):
                         patch_strides=(2, 2, 2), patch_paddings=(1, 1, 1))),
 ])
 def test_other_backbones_give_region_tokens(model_name, overrides):
-    cfg = esvit_config(global_size=16, local_size=8)
+    cfg = esvit_config(global_size=16, local_size=8, region_min_std=0.1)
     cfg.model_name = model_name
     cfg.model = overrides
     plan, obj, b, params, extra = fresh(cfg)
@@ -207,6 +211,8 @@ def test_bad_esvit_configs():
     cfg.evals.knn = dict(type="knn", network="student")
     with pytest.raises(ConfigError, match="student_variables"):
         validate(cfg)
+    with pytest.raises(ConfigError, match="region_min_std"):
+        validate(esvit_config(region_min_std=-1.0))
     cfg = esvit_config(sinkhorn_iters=-1)
     with pytest.raises(ConfigError, match="sinkhorn_iters"):
         validate(cfg)

@@ -16,7 +16,8 @@ from vit_jax import checkpoint, convert, objectives, teachers, train
 from vit_jax import state as state_lib
 from vit_jax.runs import load_run
 from vit_jax.models.eva import (MaskedFeatureStudent, cosine_per_token, eva_init,
-                                masked_cosine_loss, per_example_masked_cosine_loss)
+                                masked_cosine_loss, per_example_masked_cosine_loss,
+                                standardize_targets)
 from vit_jax.models.vit import ViT
 from vit_jax.validate import ConfigError, validate
 
@@ -44,6 +45,23 @@ def test_masked_cosine_loss_matches_numpy_and_closed_forms():
     pred2 = np.where(mask[..., None], pred, rng.normal(size=pred.shape)).astype(np.float32)
     np.testing.assert_allclose(masked_cosine_loss(pred2, target, mask), want, atol=1e-6)
     assert cosine_per_token(pred, target).shape == (3, 5)
+
+
+def test_standardized_targets_lose_the_shared_direction():
+    """Each channel over the batch's tokens: mean 0, variance 1 (float64 NumPy); a direction shared
+    by every token, which alone scores a high cosine, is gone."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(4, 6, 8)) * rng.uniform(0.5, 3.0, size=8)
+    shared = 50.0 * rng.normal(size=8)
+    got = np.asarray(standardize_targets(jnp.asarray(noise + shared, jnp.float32)), np.float64)
+    want = (noise - noise.mean((0, 1))) / noise.std((0, 1))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(got.mean((0, 1)), 0, atol=1e-5)
+    np.testing.assert_allclose(got.var((0, 1)), 1, atol=1e-4)
+    mask = np.ones((4, 6), bool)
+    raw = noise + shared   # predicting only the shared direction scores nearly 1 on the raw targets
+    assert float(masked_cosine_loss(np.broadcast_to(shared, raw.shape), raw, mask)) < -0.9
+    assert abs(float(masked_cosine_loss(np.broadcast_to(shared, raw.shape), got, mask))) < 0.2
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +173,19 @@ def test_loss_at_init_near_zero_teacher_gets_no_gradient(teacher_folder):
     assert not np.allclose(state["params"]["head"]["kernel"], params["head"]["kernel"])
 
 
+def test_target_norm_and_native_view_reach_the_loss(teacher_folder):
+    """eva.target_norm="batch" and eva.teacher_view="native" are what the loss regresses."""
+    plan = validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"), teacher="hf:" + teacher_folder,
+                                                        mask_ratio=0.5, min_block=2, target_norm="batch",
+                                                        teacher_view="native")))
+    obj = plan.objective
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+    extra = {"teacher": obj.teacher.variables["params"]}
+    raw = obj.teacher.targets(extra["teacher"], images, *obj.student_stats, obj.grid)
+    np.testing.assert_allclose(obj._targets(extra, images), standardize_targets(raw), atol=1e-6)
+    assert obj.teacher.view == "native" and obj.teacher.input_size(obj.grid) == (12, 12)
+
+
 def test_eva_trains_through_the_loop(teacher_folder, tmp_path):
     out = train.run(eva_config(teacher_folder), str(tmp_path / "run"))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -186,6 +217,12 @@ def test_bad_teacher_specs_fail_clearly(teacher_folder, tmp_path):
     t = teachers.load("hf:" + str(tmp_path / "grey"))
     with pytest.raises(teachers.TeacherError, match="1-channel images but the student's have 3"):
         t.check_student((4, 4), 3)
+    with pytest.raises(ConfigError, match="teacher view 'grid'"):
+        validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"),
+                                                      teacher="hf:" + teacher_folder, teacher_view="grid")))
+    with pytest.raises(ConfigError, match="eva.target_norm='layer'"):
+        validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"),
+                                                      teacher="hf:" + teacher_folder, target_norm="layer")))
     with pytest.raises(ConfigError, match="mask ratio"):
         validate(eva_config(teacher_folder, eva=dict(objectives.default_config("eva"),
                                                       teacher="hf:" + teacher_folder, mask_ratio=1.5)))

@@ -11,8 +11,9 @@ import pytest
 import torch
 import transformers
 
-from vit_jax import teachers
+from vit_jax import convert, teachers
 from vit_jax.data import transforms
+from vit_jax.models.vit import ViT
 
 _BACKBONE_OUT = "/backbone/layernorm/Add_1_output_0"   # the DINOv2 tokens after the final norm
 
@@ -106,3 +107,35 @@ def test_teacher_errors():
         teachers.load("clip_l14")
     with pytest.raises(teachers.TeacherError, match="no config.json"):
         teachers.load("workdir:/nonexistent")
+    with pytest.raises(teachers.TeacherError, match="teacher view 'big'"):
+        teachers.load("clip_l14", view="big")
+
+
+def test_resize_tokens_closed_form():
+    """2 -> 3 positions with half-pixel centres sample at -1/6, 1/2, 7/6: [x0, (x0 + x1) / 2, x1]."""
+    tok = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 5)), jnp.float32)   # a 2x2 grid
+    np.testing.assert_array_equal(teachers.resize_tokens(tok, (2, 2), (2, 2)), tok)
+    out = np.asarray(teachers.resize_tokens(tok, (2, 2), (3, 3))).reshape(2, 3, 3, 5)
+    g = np.asarray(tok).reshape(2, 2, 2, 5)
+    rows = np.stack([g[:, 0], (g[:, 0] + g[:, 1]) / 2, g[:, 1]], 1)          # (2, 3, 2, 5)
+    want = np.stack([rows[:, :, 0], (rows[:, :, 0] + rows[:, :, 1]) / 2, rows[:, :, 1]], 2)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_native_view_shows_the_teacher_its_own_size(tmp_path):
+    """view="native": a 12 px / patch-3 teacher (4x4 grid) serving a 7x7 student grid sees 12 px
+    images, and its 4x4 token map is resized to 7x7; the student view shows it 21 px instead."""
+    vit = ViT(num_classes=0, patch_size=3, width=16, depth=1, num_heads=2, mlp_dim=32, image_size=12,
+              in_channels=1)
+    convert.save_hf(vit, vit.init(jax.random.key(0), jnp.zeros((1, 12, 12, 1))), tmp_path / "t")
+    native = teachers.load(f"hf:{tmp_path / 't'}", view="native")
+    student = teachers.load(f"hf:{tmp_path / 't'}")
+    assert native.input_size((7, 7)) == (12, 12) and student.input_size((7, 7)) == (21, 21)
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 28, 28, 1)), jnp.float32)
+    params = native.variables["params"]
+    got = native.targets(params, images, (0.0,), (1.0,), (7, 7))
+    pixels = native.pixels_for(images, (0.0,), (1.0,), (7, 7))
+    assert pixels.shape == (2, 12, 12, 1)
+    want = teachers.resize_tokens(native.features(params, pixels), (4, 4), (7, 7))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert student.targets(params, images, (0.0,), (1.0,), (7, 7)).shape == got.shape == (2, 49, 16)

