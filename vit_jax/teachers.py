@@ -29,7 +29,10 @@ to targets aligned with the student's patch grid: un-normalise, grey -> RGB if n
 normalise with the teacher's statistics, resize to grid * teacher patch (e.g. a 14x14 grid of
 /16 patches is shown to a /14 teacher at 196 px), run the teacher (its position embedding is
 resized to the grid). Only ViT-family teachers have a token per student patch; others are
-refused with a message saying so.
+refused with a message saying so. With view="native" (load(..., view="native")) the teacher is shown
+its own image_size instead and its token map is resized (bilinear) to the student's grid: for a
+small-data teacher trained at one size (the supervised digit ViT at 28 px: k-NN of its mean token
+97.7 at 28 px, 87.2 when shown 49 px for a 7x7 grid).
 """
 from __future__ import annotations
 

@@ -1,0 +1,108 @@
+"""Our ViT train step against PyTorch's on the same CPU, alternating in one process.
+
+    python benchmarks/train_step_vs_torch.py --model vit_small_patch16_224 --batch 32 --steps 3 --repeats 3
+
+Ours: `vit_jax.bench`'s step (the jitted step train.py runs: supervised cross-entropy, AdamW with
+global-norm clipping, donated state). PyTorch: transformers' ViTForImageClassification of the same
+size with sdpa attention, cross-entropy, clip_grad_norm_ and torch.optim.AdamW, float32, eager.
+Each repeat times `--steps` steps of ours, then `--steps` of PyTorch's (after warm-up steps of
+both), so both see the same machine state; the medians over repeats and their ratio are printed,
+last as `ratio_ours_over_torch: X` (images/s, > 1: ours faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from vit_jax import aot, sharding
+from vit_jax.models.vit import VIT_SIZES
+
+SIZES = {"vit_tiny_patch16_224": ("tiny", 16, 224), "vit_small_patch16_224": ("small", 16, 224),
+         "vit_base_patch16_224": ("base", 16, 224)}
+
+
+def ours(model: str, batch: int, size: int, classes: int):
+    """-> step(): one train step of ours, blocking until it is done."""
+    mesh = sharding.make_mesh(-1, 1, 1)
+    built = aot.build_step(model, batch, size, mesh, dtype="float32", num_classes=classes)
+    state = built["init"](jax.random.PRNGKey(0))
+    rs = np.random.default_rng(0)
+    data = sharding.global_batch({"image": rs.standard_normal((batch, size, size, 3), dtype=np.float32),
+                                  "label": rs.integers(0, classes, (batch,)).astype(np.int32)}, mesh)
+    step = built["step"]
+    box = [state]
+
+    def run():
+        box[0], metrics = step(box[0], data)
+        jax.block_until_ready(metrics)
+    return run
+
+
+def theirs(size_name: str, patch: int, batch: int, size: int, classes: int):
+    """-> step(): one PyTorch train step of the same ViT."""
+    width, depth, heads, mlp = VIT_SIZES[size_name]
+    mlp = mlp or 4 * width
+    cfg = transformers.ViTConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                                 intermediate_size=mlp, image_size=size, patch_size=patch,
+                                 num_labels=classes, hidden_act="gelu", layer_norm_eps=1e-6,
+                                 attn_implementation="sdpa")
+    model = transformers.ViTForImageClassification(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return run
+
+
+def window(run, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vit_small_patch16_224", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    size_name, patch, size = SIZES[a.model]
+    steps = {"ours": ours(a.model, a.batch, size, a.classes),
+             "torch": theirs(size_name, patch, a.batch, size, a.classes)}
+    for run in steps.values():
+        window(run, a.warmup)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.repeats):
+        for name, run in steps.items():
+            times[name].append(window(run, a.steps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = dict(model=a.model, batch=a.batch, torch_threads=torch.get_num_threads(),
+               step_s={k: [round(t, 3) for t in v] for k, v in times.items()},
+               images_per_sec={k: round(a.batch / t, 3) for k, t in med.items()})
+    print(json.dumps(out))
+    print(f"ratio_ours_over_torch: {med['torch'] / med['ours']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
