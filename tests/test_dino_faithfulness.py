@@ -16,7 +16,7 @@ import torch
 from vit_jax import durations, models, optim
 from vit_jax.config_base import base_config
 from vit_jax.data import pipeline
-from vit_jax.models.layers import resize_pos_embed
+from vit_jax.models.posemb import resize_pos_embed
 from vit_jax.objectives import dino_losses as L
 
 HELD = 3      # steps the last layer is frozen

@@ -11,6 +11,7 @@ from vit_jax.data import pipeline
 from vit_jax.evaluate import features as eval_features
 from vit_jax.evaluate import knn
 from vit_jax.evaluate import metrics as eval_metrics
+from vit_jax.models import posemb
 
 
 def test_layer_decay_closed_form():
@@ -61,8 +62,7 @@ def test_merge_loads_backbone_keeps_head_and_fills_sincos():
     merged, report = init_from.merge(dst, src)
     np.testing.assert_array_equal(merged["blocks_1"]["mlp"]["fc1"]["kernel"], src["blocks_1"]["mlp"]["fc1"]["kernel"])
     np.testing.assert_array_equal(merged["head"]["kernel"], dst["head"]["kernel"])
-    from vit_jax.models import layers
-    np.testing.assert_allclose(merged["pos_embed"], layers.sincos_2d(4, 4, 192, cls_token=True), atol=1e-6)
+    np.testing.assert_allclose(merged["pos_embed"], posemb.sincos_2d(4, 4, 192, cls_token=True), atol=1e-6)
     assert "norm/scale" in report["unused"]  # MAE fine-tuning drops the final norm (gap + fc_norm)
     deeper = models.create("vit_tiny_patch4_16", num_classes=7, depth=3).init(jax.random.PRNGKey(1), x)["params"]
     with pytest.raises(ValueError, match="blocks_2.*missing in the source"):

@@ -11,7 +11,7 @@ import transformers
 import transformers.models.vit_mae.modeling_vit_mae as hf_vit_mae
 
 from vit_jax.models import mae
-from vit_jax.models.layers import sincos_2d
+from vit_jax.models.posemb import sincos_2d
 from vit_jax.models.vit import ViT
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax.models.layers import resize_pos_embed, sincos_2d
+from vit_jax.models.posemb import resize_pos_embed, sincos_2d
 from vit_jax.models.vit import ViT, scan_params, unscan_params
 
 TINY = dict(num_classes=10, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64,

@@ -20,7 +20,7 @@ import numpy as np
 
 from vit_jax import runs
 from vit_jax.errors import ConfigError, UserError
-from vit_jax.models import layers
+from vit_jax.models import posemb
 from vit_jax.trees import path_str, replace_subtree, subtree
 
 # Parts of a backbone that a new task is expected to bring itself.
@@ -89,7 +89,7 @@ def _sincos_like(shape: tuple[int, ...]) -> np.ndarray:
     except ValueError:
         raise ValueError(f"cannot build sincos position embeddings of shape {shape}") from None
     grid = _grid(n - prefix)
-    pe = layers.sincos_2d(grid[0], grid[1], d)
+    pe = posemb.sincos_2d(grid[0], grid[1], d)
     return np.pad(pe, ((0, 0), (prefix, 0), (0, 0))).reshape(shape)
 
 
@@ -106,7 +106,7 @@ def _resize_posemb(value: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """The source's pos-emb `value` on the grid and prefix of `fresh` (the new model's init):
     the grid rows resized, the prefix rows both have copied, the new model's extra ones fresh."""
     p_src, p_new = _prefix_rows(value.shape[1]), _prefix_rows(fresh.shape[1])
-    grid = layers.resize_pos_embed(value[:, p_src:], _grid(fresh.shape[1] - p_new), 0,
+    grid = posemb.resize_pos_embed(value[:, p_src:], _grid(fresh.shape[1] - p_new), 0,
                                    old_grid=_grid(value.shape[1] - p_src))
     keep = min(p_src, p_new)
     prefix = np.concatenate([value[:, :keep], fresh[:, keep:p_new]], axis=1)

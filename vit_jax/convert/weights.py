@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vit_jax.errors import UserError
-from vit_jax.models.layers import sincos_2d
+from vit_jax.models.posemb import sincos_2d
 from vit_jax.models.mae import MAE
 from vit_jax.models.vit import ViT, scan_params
 

@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import (Attention, DropPath, Dtype, MlpBlock, check_images, make_norm,
-                                   pair, resize_pos_embed)
+from vit_jax.models.layers import (Attention, DropPath, Dtype, MlpBlock, TokenDense, check_images, make_norm,
+                                   pair)
+from vit_jax.models.posemb import resize_pos_embed
 from vit_jax.models.registry import register, register_pattern
 from vit_jax.models.torch_init import default_bias, trunc_normal, trunc_normal_002
 
@@ -170,7 +171,7 @@ class CCT(nn.Module):
     patch_size: int = 4               # tokenizer="patch" only
     posemb: str = "learn"             # "learn" | "sine" | "none"
     posemb_init_std: float = 0.2      # the reference's (not ViT's 0.02)
-    posemb_interp: str = "bilinear"   # resizing a learned pos-emb: see layers.resize_pos_embed
+    posemb_interp: str = "bilinear"   # resizing a learned pos-emb: see posemb.resize_pos_embed
     pool: str = "seq"                 # "seq" (SeqPool) | "token" (class token) | "gap"
     dropout: float = 0.0
     attn_dropout: float = 0.1
@@ -268,7 +269,7 @@ class CCT(nn.Module):
                                 attn_dropout=self.attn_dropout, drop_path=float(r), act=self.act,
                                 layer_norm_eps=self.layer_norm_eps, **kw) for r in rates]
         self.norm = make_norm("layernorm", self.layer_norm_eps, **kw)
-        dense = functools.partial(nn.Dense, kernel_init=trunc_normal_002, **kw)
+        dense = functools.partial(TokenDense, kernel_init=trunc_normal_002, **kw)
         if self.pool == "seq":
             self.attention_pool = dense(1)
         if self.num_classes > 0:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.batch_norm import BatchNorm
-from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, attention_recorder, check_images,
+from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, TokenDense, attention_recorder, check_images,
                                    dot_product_attention, make_norm)
 from vit_jax.models.registry import register
 
@@ -119,7 +119,7 @@ class ConvAttention(nn.Module, kw_only=True):
         if self.class_token:  # the class token skips the convolutions
             q, k, v = (jnp.concatenate([cls.astype(t.dtype), t], axis=1) for t in (q, k, v))
 
-        dense = functools.partial(nn.Dense, c, dtype=self.dtype, param_dtype=self.param_dtype,
+        dense = functools.partial(TokenDense, c, dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_init)
         q = dense(use_bias=self.qkv_bias, name="query")(q).reshape(b, q.shape[1], h, c // h)
         k = dense(use_bias=self.qkv_bias, name="key")(k).reshape(b, k.shape[1], h, c // h)

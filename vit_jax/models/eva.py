@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from vit_jax.models.layers import TokenDense
 from vit_jax.models.vit import ViT
 
 Array = jax.Array
@@ -37,7 +38,7 @@ class MaskedFeatureStudent(nn.Module):
     def setup(self) -> None:
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
                                      (1, 1, self.encoder.width), self.encoder.param_dtype)
-        self.head = nn.Dense(self.target_dim, dtype=self.encoder.dtype,
+        self.head = TokenDense(self.target_dim, dtype=self.encoder.dtype,
                              param_dtype=self.encoder.param_dtype)
 
     def __call__(self, images: Array, patch_mask: Array, train: bool = False) -> Array:

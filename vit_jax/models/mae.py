@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from vit_jax import models
-from vit_jax.models.layers import Block, Dtype, dense_init, make_norm, pair, sincos_2d
+from vit_jax.models.layers import Block, Dtype, TokenDense, dense_init, make_norm, pair
+from vit_jax.models.posemb import sincos_2d
 from vit_jax.models.vit import ViT
 
 Array = jax.Array
@@ -244,7 +245,7 @@ class MAE(nn.Module):
         dtype = self._dec("dtype")
         kw = dict(dtype=dtype, param_dtype=self.encoder.param_dtype)
         dd = self.decoder_width
-        self.decoder_embed = nn.Dense(dd, kernel_init=dense_init, **kw)
+        self.decoder_embed = TokenDense(dd, kernel_init=dense_init, **kw)
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, dd),
                                      self.encoder.param_dtype)
         block = nn.remat(Block, static_argnums=(2,)) if self.encoder.remat else Block
@@ -257,7 +258,7 @@ class MAE(nn.Module):
                   layer_norm_eps=self._dec("layer_norm_eps"), **kw)
             for _ in range(self.decoder_depth)]
         self.decoder_norm = make_norm(self.encoder.norm_layer, self._dec("layer_norm_eps"), **kw)
-        self.decoder_pred = nn.Dense(self.patch_dim, kernel_init=dense_init, **kw)
+        self.decoder_pred = TokenDense(self.patch_dim, kernel_init=dense_init, **kw)
 
     # ------------------------------------------------------------------ pieces
     def forward_encoder(self, images: Array, noise: Array, train: bool = False

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, attention_recorder, check_images,
+from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, TokenDense, attention_recorder, check_images,
                                    dot_product_attention, make_norm, patch_embed_init)
 from vit_jax.models.registry import register, register_pattern
 
@@ -118,7 +118,7 @@ class WindowAttention(nn.Module, kw_only=True):
                  train: bool = False) -> Array:
         bw, n, c = x.shape
         h, hd = self.num_heads, c // self.num_heads
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+        dense = functools.partial(TokenDense, dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         q, k, v = (dense(c, use_bias=self.qkv_bias, name=name)(x).reshape(bw, n, h, hd)
                    for name in ("query", "key", "value"))

@@ -42,7 +42,8 @@ import numpy as np
 
 from vit_jax.models.torch_init import default_bias, default_kernel, trunc_normal, trunc_normal_002
 from vit_jax.models.layers import (Block, Dtype, check_images, dense_init, make_norm, pair,
-                                   patch_embed_init, resize_pos_embed, sincos_2d)
+                                   patch_embed_init)
+from vit_jax.models.posemb import resize_pos_embed, sincos_2d
 from vit_jax.models.registry import register, register_pattern
 
 Array = jax.Array
