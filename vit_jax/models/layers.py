@@ -37,8 +37,9 @@ def flat_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: 
                      preferred_element_type: Any = None, **kwargs: Any) -> Array:
     """lax.dot_general, with a (..., K) x (K, N) product (a Dense on tokens) done as one 2-D
     matmul on (prod(...), K): XLA:CPU runs the backward of the 3-D form (the kernel's gradient
-    contracts batch and tokens together) 1.7x slower than the same product on (B * L, K) (an MLP
-    block at ViT-S/16 b32 shapes: 532 against 307 ms). Elsewhere the reshape is free."""
+    contracts batch and tokens together) much slower than the same product on (B * L, K) (an MLP
+    at ViT-S/16 b32 shapes, fwd + bwd: 491 against 337 ms; benchmarks/step_parts_vs_torch.py).
+    Elsewhere the reshape is free."""
     (lc, rc), (lb, rb) = dimension_numbers
     if (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
             and not lb and not rb):
@@ -185,11 +186,11 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
 
     Fast path (no bias, no active dropout, no recording): jax.nn.dot_product_attention, the
     fused kernel where the backend has one; on the CPU the explicit path instead, which XLA:CPU
-    runs 1.5x faster there (fwd + bwd, ViT-S/16 b32 shapes: 90 against 136 ms;
+    runs 1.5x faster there (fwd + bwd, ViT-S/16 b32 shapes: 139 against 208 ms;
     benchmarks/step_parts_vs_torch.py). Otherwise the explicit path with the softmax in float32;
     it agrees with the fast path to float rounding, so recorded weights are the ones the model uses.
     The explicit path works head-major, (B, H, L, hd): XLA:CPU's batched matmuls want the batch
-    axes leading (the token-major einsum took 170 ms there).
+    axes leading (the token-major einsum took 183 ms there).
     """
     active_dropout = not deterministic and dropout > 0.0
     fast = not bias and not active_dropout and record is None
