@@ -7,6 +7,7 @@ dropped tensors).  Outputs must agree to 1e-4 in float32 eval mode.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ HF_CASES = {
                     mlp_ratio=2.0), 72),
     # patch 4, window 7: grid 10 -> pad to 14 with the shift mask
     "w7": (dict(embed_dim=16, depths=[2], num_heads=[2], window_size=7), 40),
+    # the official `ape`: an absolute position embedding added after the patch norm; grids 12
+    # and 6 (pad to 8), both above the window, so HF shifts every second block at 64 px too
+    # (it decides the shift from config.image_size, not from the input)
+    "ape_w4": (dict(embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
+                    use_absolute_embeddings=True), 48),
 }
 
 
@@ -135,9 +141,42 @@ def test_conversion_errors(hf_case: dict[str, Any], tmp_path: Path) -> None:
     folder = copy_with_config(r["folder"], tmp_path / "wide", embed_dim=wide)
     with pytest.raises(ConversionError, match="shape mismatch"):
         convert.load_hf(folder)
-    folder = copy_with_config(r["folder"], tmp_path / "abs", use_absolute_embeddings=True)
-    with pytest.raises(ConversionError, match="use_absolute_embeddings"):
+    # ape declared in the config but no position embedding in the weights
+    ape = not r["hf"].config.use_absolute_embeddings
+    folder = copy_with_config(r["folder"], tmp_path / "abs", use_absolute_embeddings=ape)
+    with pytest.raises(ConversionError, match="position_embeddings" if ape else "unused|unexpected"):
         convert.load_hf(folder)
+
+
+def test_ape_resized_like_hf(hf_case: dict[str, Any]) -> None:
+    """At another input size the absolute position embedding is resized as Hugging Face's
+    interpolate_pos_encoding does (torch bicubic), and it is a parameter of the declared size."""
+    r = hf_case["SwinModel"]
+    if not r["module"].ape:
+        assert "absolute_pos_embed" not in r["variables"]["params"]
+        return
+    g0 = hf_case["size"] // 4
+    assert r["variables"]["params"]["absolute_pos_embed"].shape == (1, g0 * g0, 16)
+    x, xt = images(1, 64)
+    with torch.no_grad():
+        ref = r["hf"](xt, interpolate_pos_encoding=True)
+    ours, _ = r["module"].apply(r["variables"], jnp.asarray(x))
+    close(ours, ref.pooler_output)
+
+
+def test_ape_init_std() -> None:
+    m = Swin(num_classes=0, patch_size=2, width=48, depths=(2,), num_heads=(3,), window_size=7,
+             image_size=28, ape=True, ape_init_std=2.0)
+    v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 3)))
+    table = np.asarray(v["params"]["absolute_pos_embed"])
+    # the official trunc_normal_(a=-2, b=2): at std 2 the bounds are +-1 std, so the drawn std is
+    # 2 * sqrt(1 - 2 phi(1) / (2 Phi(1) - 1)) = 1.077
+    phi1, cdf1 = math.exp(-0.5) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    want = 2 * math.sqrt(1 - 2 * phi1 / (2 * cdf1 - 1))
+    assert table.shape == (1, 196, 48) and abs(table.std() - want) < 0.03
+    assert np.abs(table).max() <= 2.0
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        Swin(image_size=30, patch_size=4, ape=True)
 
 
 # ----------------------------------------------------------------------------- any resolution

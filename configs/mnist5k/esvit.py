@@ -56,7 +56,7 @@ from vit_jax import objectives
 BACKBONES = {
     "swin": ("swin_tiny_patch4_window7_224", dict(patch_size=2, width=48, depths=(2, 2),
                                                   num_heads=(3, 6), window_size=7, image_size=28,
-                                                  drop_path_rate=0.1)),
+                                                  drop_path_rate=0.1, ape=False, ape_init_std=0.02)),
     # DINO's ViT: its init (trunc-normal 0.02, torch's patch conv) and its resize of the position
     # embedding for the local crops (bicubic, +0.1 scale-factor offset)
     "vit": ("vit_tiny_patch4_28", dict(MNIST5K_MODEL, drop_path_rate=0.1, posemb_interp="bicubic_dino",

@@ -8,8 +8,8 @@ What each architecture becomes (outputs agree in float32 eval mode):
 Checkpoints are read under the hub names (`attention.self.query`, `intermediate.dense`, ...,
 what transformers still writes) or the module names of transformers >= 5 (`attention.q_proj`,
 `mlp.fc1`, `attention.relative_position_bias.relative_position_bias_table`, ...).
-Not supported: use_absolute_embeddings=True (no absolute pos-emb in vit_jax's Swin) and
-non-square patches.  Note: transformers 5.x builds every bias table for config.window_size,
+use_absolute_embeddings=True maps to Swin(ape=True) (embeddings.position_embeddings ->
+absolute_pos_embed). Not supported: non-square patches.  Note: transformers 5.x builds every bias table for config.window_size,
 so its own forward fails when a stage's resolution is below the window (it cannot clamp);
 vit_jax clamps (reading the table's centre), which is what the official code does.
 """
@@ -46,6 +46,8 @@ def swin_rows(module: Swin) -> tuple[Row, ...]:
     """The key table of HF's SwinModel (no `swin.` prefix, no head) for a Swin module."""
     rows = [Row("patch_embed", "embeddings.patch_embeddings.projection", "conv"),
             Row("patch_norm", "embeddings.norm", "norm")]
+    if module.ape:
+        rows.append(Row("absolute_pos_embed", "embeddings.position_embeddings"))
     for i, depth in enumerate(module.depths):
         rows += repeat(_SWIN_BLOCK, depth, f"layers_{i}/blocks_{{}}/",
                        f"encoder.layers.{i}.blocks.{{}}.")
@@ -80,9 +82,6 @@ def _int(x: Any, what: str) -> int:
 
 
 def _swin_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if cfg["use_absolute_embeddings"]:
-        raise ConversionError("config.json use_absolute_embeddings=true: vit_jax's Swin has no "
-                              "absolute position embedding (the released Swin models use none).")
     act = cfg["hidden_act"]
     if act not in _HF_ACTS:
         raise ConversionError(f"config.json hidden_act={act!r} has no vit_jax counterpart; "
@@ -97,14 +96,16 @@ def _swin_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 attn_dropout=float(cfg["attention_probs_dropout_prob"]),
                 layer_norm_eps=float(cfg["layer_norm_eps"]), act=_HF_ACTS[act],
                 image_size=_int(cfg["image_size"], "image_size"),
-                in_channels=int(cfg["num_channels"]))
+                in_channels=int(cfg["num_channels"]),
+                ape=bool(cfg["use_absolute_embeddings"]))
 
 
 def load_swin(folder: Path, cfg: Mapping[str, Any], arch: str, overrides: dict,
               check_posemb: bool = True) -> tuple[nn.Module, Variables]:
     """SwinModel / SwinForImageClassification folder -> Swin (see the module docstring).
 
-    check_posemb is accepted for the shared loader signature and unused (Swin has none)."""
+    check_posemb is accepted for the shared loader signature and unused (an absolute position
+    embedding of another grid fails the shape check)."""
     cfg = {**_HF_DEFAULTS, **cfg}
     sd = StateDict(_canonical(read_hf_weights(folder), folder), str(folder))
     classify = arch == "SwinForImageClassification"
@@ -156,7 +157,7 @@ def save_swin_hf(module: Swin, variables: Mapping[str, Any], folder: PathLike,
         "qkv_bias": module.qkv_bias, "hidden_dropout_prob": module.dropout,
         "attention_probs_dropout_prob": module.attn_dropout,
         "drop_path_rate": module.drop_path_rate, "hidden_act": _TO_HF_ACTS[module.act],
-        "use_absolute_embeddings": False, "layer_norm_eps": module.layer_norm_eps,
+        "use_absolute_embeddings": module.ape, "layer_norm_eps": module.layer_norm_eps,
         "initializer_range": 0.02, "encoder_stride": 32, "dtype": "float32",
     }
     return write_hf_folder(folder, cfg, tensors, module.num_classes if classify else None, id2label)

@@ -14,7 +14,7 @@ Call contract (shared by every backbone):
     (n = window^2, windows batch-major) as layers_i/blocks_j/attn/attn_weights.
 
 Parameter tree (mirrors Hugging Face's encoder.layers.i.blocks.j, so the converter is a renaming):
-    patch_embed{kernel (p,p,Cin,E), bias}, patch_norm,
+    patch_embed{kernel (p,p,Cin,E), bias}, patch_norm, [absolute_pos_embed (1, h0*w0, E) with ape],
     layers_i/blocks_j/{norm1, attn{query, key, value, out, relative_position_bias_table
     ((2W-1)^2, heads)}, norm2, mlp{fc1, fc2}},  layers_i/downsample{norm (4C), reduction
     (4C -> 2C, no bias)} for every stage but the last,  norm, head.
@@ -22,6 +22,10 @@ The bias table is always sized by window_size (as in Hugging Face); a clamped wi
 its centre rows with the same index formula.  The patch-embed and patch-merging norms use
 eps 1e-5 (torch's default, as the official code and Hugging Face do); the block norms and the
 final norm use layer_norm_eps.
+ape: the official code's absolute position embedding (off in every released Swin; Hugging Face's
+use_absolute_embeddings), added after the patch norm, trunc-normal at ape_init_std (the official
+0.02) and resized bicubically (torch's, as Hugging Face's interpolate_pos_encoding) to another
+input's patch grid.
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ import numpy as np
 
 from vit_jax.models.layers import (DropPath, Dtype, MlpBlock, TokenDense, attention_recorder, check_images,
                                    dot_product_attention, make_norm, patch_embed_init)
+from vit_jax.models.posemb import resize_pos_embed
 from vit_jax.models.registry import register, register_pattern
+from vit_jax.models.torch_init import trunc_normal
 
 Array = jax.Array
 
@@ -252,11 +258,16 @@ class Swin(nn.Module):
     act: str = "gelu"
     image_size: int = 224             # only the default input of init / param counts
     in_channels: int = 3
+    ape: bool = False                 # absolute position embedding (the official `ape`)
+    ape_init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         # Validate static config at construction, so create(...) fails early and clearly.
+        if self.ape and self.image_size % self.patch_size:
+            raise ValueError(f"ape=True needs image_size ({self.image_size}) to be a multiple of "
+                             f"patch_size ({self.patch_size}): it sizes the position embedding.")
         if len(self.depths) != len(self.num_heads) or not self.depths:
             raise ValueError(f"depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} "
                              "must be non-empty and of the same length (one entry a stage).")
@@ -286,6 +297,13 @@ class Swin(nn.Module):
                     kernel_init=patch_embed_init, name="patch_embed",
                     **kw)(images.astype(self.dtype))
         x = make_norm("layernorm", _TORCH_LN_EPS, name="patch_norm", **kw)(x)
+        if self.ape:
+            g0 = self.image_size // p
+            table = self.param("absolute_pos_embed", trunc_normal(self.ape_init_std),
+                               (1, g0 * g0, self.width), self.param_dtype)
+            b, h, w, c = x.shape
+            table = resize_pos_embed(table, (h, w), 0, old_grid=(g0, g0), method="bicubic")
+            x = x + table.reshape(1, h, w, c).astype(x.dtype)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
