@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model sizes (one may be -1)")
     p.add_argument("--objective", default="supervised", help="--aot: supervised | mae")
     p.add_argument("--remat", action="store_true", help="--aot: rematerialise each block")
+    p.add_argument("--scan", action="store_true", help="--aot: the blocks as one nn.scan loop (model.scan)")
     p.add_argument("--accum", type=int, default=1, help="--aot: microbatches per step (gradient accumulation)")
     a = p.parse_args(argv)
     mesh = tuple(int(x) for x in a.mesh.split(","))
@@ -110,7 +111,7 @@ def main(argv=None) -> None:
             jax.config.update("jax_num_cpu_devices", a.devices)
         size = a.image_size or _image_size(a.model)
         r = aot.plan(a.model, a.batch, mesh, image_size=size, objective=a.objective, dtype=a.dtype,
-                     remat=a.remat, accum=a.accum)
+                     remat=a.remat, accum=a.accum, scan=a.scan)
     else:
         r = bench(a.model, a.batch, a.steps, a.repeats, a.image_size, a.dtype, mesh=mesh)
     if a.json:
