@@ -325,3 +325,25 @@ def test_per_param_clipping_treats_scanned_layers_as_separate_tensors():
     flat, _ = optim.clip_by_param_norm(0.5).update(scanned, None)
     assert not np.allclose(np.asarray(flat["student"]["blocks"]["mlp"]["fc1"]["kernel"]),
                            np.asarray(got["student"]["blocks"]["mlp"]["fc1"]["kernel"]))
+
+
+def test_mae_decays_its_tokens_as_main_pretrain():
+    """facebookresearch/mae main_pretrain: timm's add_weight_decay without a skip list, so only
+    biases and 1-D tensors are spared; the class token and the mask token are decayed."""
+    import jax
+    from vit_jax import objectives
+    from vit_jax.config_base import mnist5k_config
+    from vit_jax.data.info import DataInfo
+    c = mnist5k_config()
+    c.objective, c.mae = "mae", objectives.default_config("mae")
+    c.model.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
+    c.mae.update(dict(decoder_width=8, decoder_depth=1, decoder_heads=2))
+    obj = objectives.build(c, DataInfo(num_classes=10, image_shape=(28, 28, 1), num_train=8))
+    ex = {"image": jnp.zeros((1, 28, 28, 1)), "label": jnp.zeros((1,), jnp.int32)}
+    params = jax.eval_shape(obj.init, jax.random.PRNGKey(0), ex)[0]
+    mask = {optim.path_str(p): v for p, v in
+            jax.tree_util.tree_leaves_with_path(optim.decay_mask(params, rule=obj.weight_decay_rule))}
+    shapes = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    for name, decayed in mask.items():
+        assert decayed == (len(shapes[name]) > 1 and not name.endswith("bias")), name
+    assert mask["encoder/cls_token"] and mask["mask_token"]

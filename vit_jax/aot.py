@@ -82,7 +82,8 @@ def plan(model: str, batch: int, mesh_shape: tuple[int, int, int], *, image_size
                        num_classes=num_classes, remat=remat, accum=accum, overrides=overrides,
                        fsdp_min_size=fsdp_min_size, scan=scan)
     t0 = time.perf_counter()
-    compiled = built["step"].lower(built["state"], built["batch"]).compile()
+    with jax.set_mesh(mesh):   # traced as vit_jax.train traces it: under its mesh
+        compiled = built["step"].lower(built["state"], built["batch"]).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -110,5 +111,6 @@ def plan(model: str, batch: int, mesh_shape: tuple[int, int, int], *, image_size
         "collective_gib": round(sum(c["bytes"] for c in coll.values()) / gib, 3),
         "collectives": {k: v for k, v in coll.items() if v["count"]},
         "bytes": {"argument": args, "output": outs, "temp": temps, "alias": alias,
-                  "peak": args + outs + temps - alias},
+                  "peak": args + outs + temps - alias,
+                  "collectives": sum(c["bytes"] for c in coll.values())},
     }

@@ -217,10 +217,16 @@ def run(config, workdir: str) -> dict[str, Any]:
          f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")
 
     batch_shard = sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(objective, tx, schedule, config.grad_accum_steps, config.ema_decay),
-                         in_shardings=(state_shardings, batch_shard),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)),
-                         donate_argnums=(0,))
+    step_fn = jax.jit(make_train_step(objective, tx, schedule, config.grad_accum_steps, config.ema_decay),
+                      in_shardings=(state_shardings, batch_shard),
+                      out_shardings=(state_shardings, sharding.replicated(mesh)),
+                      donate_argnums=(0,))
+
+    def train_step(state, batch):
+        # traced under the mesh, so that a model may constrain its activations to it (the scanned
+        # ViT keeps its rows sharded inside the loop: vit._batch_sharded)
+        with jax.set_mesh(mesh):
+            return step_fn(state, batch)
     ctx = EvalContext(config, mesh, workdir, objective, plan.train_source, plan.eval_source,
                       plan.eval_transform, _is_main(), validate_lib.source_kwargs(config.data))
     evaluators = evaluators_lib.build(ctx, plan.evaluators)

@@ -52,11 +52,23 @@ _POOLS = ("token", "gap")
 _POSEMBS = ("learn", "sincos2d", "none")
 
 
+def _batch_sharded(x: Array) -> Array:
+    """x (B, ...) constrained to rows over the mesh's data and fsdp axes when the step is traced
+    under a mesh (jax.set_mesh); unchanged otherwise. Inside a scan loop XLA's partitioner does not
+    carry the batch sharding into the loop on its own: without this it gathered the activations
+    over fsdp in every block (ViT-B/16 on 8x8 devices: 17.7 GiB of collectives a step, not 0.3)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+    if mesh.empty or not axes or x.shape[0] % int(np.prod([mesh.shape[a] for a in axes])):
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
+
+
 class _ScanBlock(Block):
     """Block with the (carry, x) -> (carry, y) signature nn.scan wants; x = this layer's drop-path rate."""
 
     def __call__(self, x: Array, rate: Array, train: bool = False) -> tuple[Array, None]:  # type: ignore[override]
-        return super().__call__(x, train, rate), None
+        return _batch_sharded(super().__call__(_batch_sharded(x), train, rate)), None
 
 
 class ViT(nn.Module):

@@ -46,6 +46,9 @@ class MAEObjective(Objective):
     defaults = dict(mask_ratio=0.75, decoder_width=512, decoder_depth=8, decoder_heads=16,
                     decoder_mlp_ratio=4.0, norm_pix_loss=False)
     backbone_key = ("encoder",)
+    # MAE's main_pretrain: timm's add_weight_decay with no skip list, so every array but biases
+    # and 1-D tensors is decayed, the class and mask tokens included (timm's rule spares them)
+    weight_decay_rule = "dino"
 
     def __init__(self, config: mlc.ConfigDict, info: DataInfo):
         super().__init__(config, info)
