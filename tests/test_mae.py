@@ -176,6 +176,13 @@ def test_param_tree_names_and_init(tiny):
         jnp.abs(p["encoder"]["blocks_0"]["attn"]["query"]["kernel"]).max())
     _close(fixed["encoder"]["blocks_0"]["attn"]["out"]["kernel"],
            p["encoder"]["blocks_0"]["attn"]["out"]["kernel"], atol=0)
+    # mae_init: that, and the patch conv's bias at torch's Conv2d default, U(+-1/sqrt(p*p*C))
+    full = mae.mae_init(p, jax.random.PRNGKey(1))
+    _close(full["encoder"]["blocks_0"]["attn"]["query"]["kernel"], q, atol=0)
+    bias, zero = full["encoder"]["embedding"]["bias"], p["encoder"]["embedding"]["bias"]
+    fan_in = int(np.prod(p["encoder"]["embedding"]["kernel"].shape[:-1]))
+    assert float(jnp.abs(zero).max()) == 0.0 and bias.shape == zero.shape
+    assert 0.5 / math.sqrt(fan_in) < float(jnp.abs(bias).max()) <= 1 / math.sqrt(fan_in)
 
 
 def test_mae_vit_base_param_count():

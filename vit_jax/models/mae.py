@@ -30,11 +30,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from vit_jax import models
 from vit_jax.models.layers import Block, Dtype, TokenDense, dense_init, make_norm, pair
 from vit_jax.models.posemb import sincos_2d
+from vit_jax.models.torch_init import default_bias
 from vit_jax.models.vit import ViT
 
 Array = jax.Array
@@ -162,6 +164,22 @@ def mae_qkv_init(params: Any, rng: jax.Array | None = None) -> Any:
     return traverse_util.unflatten_dict(out)
 
 
+def mae_init(params: Any, rng: jax.Array) -> Any:
+    """MAE's initialize_weights where it differs from our layers' inits: the fused-qkv kernels
+    (`mae_qkv_init`) and the patch embedding's bias, which MAE leaves at torch's Conv2d default,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = p*p*C (ours starts at zero). Handles the
+    encoder's ("encoder", "embedding", "bias") leaf (absent with patch_bias=False); returns a new
+    tree."""
+    params = mae_qkv_init(params)
+    bias = params["encoder"]["embedding"].get("bias")
+    if bias is None:
+        return params
+    fan_in = int(np.prod(params["encoder"]["embedding"]["kernel"].shape[:-1]))
+    drawn = default_bias(fan_in)(rng, bias.shape, bias.dtype)
+    embedding = dict(params["encoder"]["embedding"], bias=drawn)
+    return dict(params, encoder=dict(params["encoder"], embedding=embedding))
+
+
 # ---------------------------------------------------------------------------- the module
 
 class MAE(nn.Module):
@@ -178,7 +196,7 @@ class MAE(nn.Module):
     its own fields (size, patch, image size, channels, layer_norm_eps, act, qkv_bias, dtype)
     configure the encoder.  The decoder_* fields left None take the encoder's value, as in HF
     where one config value serves both.  `MAE.init` gives xavier Dense / patch-embed, N(0, .02)
-    cls and mask tokens; apply `mae_qkv_init` to the params for MAE's exact fused-qkv init.
+    cls and mask tokens; apply `mae_init` to the params for MAE's exact init (fused qkv, patch bias).
     """
     encoder: ViT
     decoder_width: int = 512

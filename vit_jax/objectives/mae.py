@@ -14,7 +14,7 @@ from vit_jax import models, viz
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models import layers
-from vit_jax.models.mae import (MAE, check_mask_ratio, mae_qkv_init, patchify,
+from vit_jax.models.mae import (MAE, check_mask_ratio, mae_init, patchify,
                                 per_example_masked_loss)
 from vit_jax.models.vit import ViT
 from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs
@@ -74,10 +74,10 @@ class MAEObjective(Objective):
         self._picture_fn = None
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Params, Extra]:
-        rng_params, rng_mask = jax.random.split(rng)
+        rng_params, rng_mask, rng_bias = jax.random.split(rng, 3)
         variables = self.model.init({"params": rng_params, "masking": rng_mask}, batch["image"],
                                     train=False)
-        return mae_qkv_init(variables["params"]), {}
+        return mae_init(variables["params"], rng_bias), {}
 
     def loss(self, params: Params, extra: Extra, batch: Batch, rng: jax.Array, step: jax.Array
              ) -> tuple[Array, tuple[dict[str, Array], Extra]]:
