@@ -51,7 +51,8 @@ What it changes (only what a 28x28x1 dataset and our recipe force; nothing in th
     * Weight decay 0.05 (our base_config) on main_pretrain's groups (timm's add_weight_decay):
       none on biases and 1-D params. Here timm.optim.param_groups_weight_decay, the same rule
       (ndim <= 1 or name ending '.bias'; frozen pos_embeds skipped). So cls_token and mask_token
-      ARE decayed, as in the official run (ours exempts them by name).
+      ARE decayed, as in the official run (and in ours since 2026-12-05: MAEObjective
+      weight_decay_rule="dino"; before, timm's rule spared them).
 
 How the official code runs on CPU (process-local shims)
     * timm: models_mae imports timm.models.vision_transformer's PatchEmbed and Block. For this
