@@ -4,7 +4,8 @@ XLA's cost analysis counts a while loop's body once, so a step whose blocks are 
 (model.scan) or whose microbatches are a lax.scan (grad_accum_steps) reports a fraction of its
 FLOPs. Here every computation gets its multiplicity: how often one step runs it (a while body runs
 known_trip_count times per call; fusions, calls and reductions run once per call of their caller),
-and the collectives' bytes and the matmul / convolution FLOPs are summed with it.
+and the collectives' bytes and the matmul / convolution FLOPs are summed with it. A loop without
+a known trip count (none in a train step: scans have one) is counted once, as XLA does.
 """
 from __future__ import annotations
 

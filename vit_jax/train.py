@@ -227,6 +227,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         # ViT keeps its rows sharded inside the loop: vit._batch_sharded)
         with jax.set_mesh(mesh):
             return step_fn(state, batch)
+
     ctx = EvalContext(config, mesh, workdir, objective, plan.train_source, plan.eval_source,
                       plan.eval_transform, _is_main(), validate_lib.source_kwargs(config.data))
     evaluators = evaluators_lib.build(ctx, plan.evaluators)
