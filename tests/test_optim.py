@@ -1,12 +1,18 @@
 """Schedules against their closed forms; the weight-decay mask; the EMA."""
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from vit_jax import optim
+from vit_jax import models, objectives, optim, validate
+from vit_jax.config_base import base_config, mnist5k_config
+from vit_jax.data.info import DataInfo
+from vit_jax.models.dino_head import DINOHead
+from vit_jax.models.vit import scan_params
 
 
 @pytest.mark.parametrize("step", [0, 5, 10, 11, 55, 100, 150])
@@ -43,8 +49,6 @@ def test_step_schedule_start_lr_and_cooldown():
 
 
 def test_decay_mask_on_a_real_vit():
-    import jax
-    from vit_jax import models
     model = models.create("vit_tiny_patch4_16", num_classes=10, depth=2)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
     flat = {optim.path_str(p): v for p, v in
@@ -62,9 +66,6 @@ def test_decay_mask_on_a_real_vit():
 def test_dino_decay_rule_decays_all_but_biases_and_1d_tensors():
     """facebookresearch/dino get_params_groups: no decay iff the name ends with .bias or the tensor
     is 1-D; so the class token, position embedding, Swin's table and the weight-norm g are decayed."""
-    import jax
-    from vit_jax import models
-    from vit_jax.models.dino_head import DINOHead
     model = models.create("vit_tiny_patch4_16", num_classes=0, depth=1)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
     head = DINOHead(out_dim=32, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False)
@@ -90,8 +91,6 @@ def test_dino_decay_rule_decays_all_but_biases_and_1d_tensors():
 
 
 def test_decay_mask_swin_tables_and_cvt_cls_token():
-    import jax
-    from vit_jax import models
     for name, kw, size in (("swin_tiny_patch4_window7_224", dict(width=8, depths=(1, 1), num_heads=(1, 2),
                                                                  window_size=2, image_size=16), 16),
                            ("cvt_13_224", dict(widths=(8, 16, 24), depths=(1, 1, 1), num_heads=(1, 2, 3)), 64)):
@@ -140,8 +139,6 @@ def _norm(x) -> float:
 
 
 def test_clip_by_param_norm_matches_dino_formula():
-    import jax
-    import optax
     grads, clip = _random_grads(), 1.0
     norms = {k: _norm(v) for k, v in grads.items()}
     assert sum(n > clip for n in norms.values()) >= 2 and sum(0 < n < clip for n in norms.values()) >= 2
@@ -161,7 +158,6 @@ def test_clip_by_param_norm_matches_dino_formula():
 
 
 def _sgd_config(**optim_overrides):
-    from vit_jax.config_base import base_config
     cfg = base_config()
     # plain SGD, constant lr 1, no decay, no momentum: the update is minus the clipped gradient
     cfg.optim.update(dict(name="sgd", lr=1.0, schedule="constant", warmup_steps=0, b1=0.0,
@@ -172,7 +168,6 @@ def _sgd_config(**optim_overrides):
 
 @pytest.mark.parametrize("mode", ["global", "per_param"])
 def test_make_optimizer_clip_mode(mode):
-    import optax
     grads = _random_grads()
     tx, _ = optim.make_optimizer(_sgd_config(clip_mode=mode), grads, total_steps=10)
     updates, _ = tx.update(grads, tx.init(grads), grads)
@@ -197,7 +192,6 @@ def test_cosine_decay_value_closed_form(step):
 
 def _zero_grad_updates(cfg, total: int, steps: list[int]):
     """Updates at `steps` for zero gradients and fixed params (a decayed kernel, a bias)."""
-    import jax
     rng = np.random.default_rng(1)
     params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32),
                         "bias": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}}
@@ -214,7 +208,6 @@ def _zero_grad_updates(cfg, total: int, steps: list[int]):
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_weight_decay_schedule_in_the_update(name):
-    from vit_jax.config_base import base_config
     start, end, total = 0.04, 0.4, 20
     steps = [0, total // 2, total - 1]  # first, middle, last training step
     cfg = base_config()
@@ -232,7 +225,6 @@ def test_weight_decay_schedule_in_the_update(name):
 
 
 def test_weight_decay_end_off_keeps_a_constant():
-    from vit_jax.config_base import base_config
     cfg = base_config()
     cfg.optim.update(dict(lr=1e-2, schedule="constant", weight_decay=0.05))
     assert cfg.optim.weight_decay_end < 0  # the default is off
@@ -243,8 +235,6 @@ def test_weight_decay_end_off_keeps_a_constant():
 
 
 def test_lars_takes_the_weight_decay_schedule():
-    import jax
-    from vit_jax.config_base import base_config
     cfg = base_config()
     cfg.optim.update(dict(name="lars", weight_decay=0.04, weight_decay_end=0.4))
     params = {"dense": {"kernel": jnp.ones((4, 6)), "bias": jnp.ones((6,))}}
@@ -268,8 +258,6 @@ def test_lars_takes_the_weight_decay_schedule():
     ("step_factor", 0.0, r"optim.step_factor > 0 \(got 0.0\)"),
 ])
 def test_validation_of_the_new_optim_keys(key, value, message):
-    from vit_jax import validate
-    from vit_jax.config_base import base_config
     cfg = base_config()
     cfg.optim[key] = value
     if key.startswith("step_"):
@@ -285,7 +273,6 @@ def test_validation_of_the_new_optim_keys(key, value, message):
 def test_clip_by_param_norm_epsilon_is_dinos():
     # With a tiny threshold the 1e-6 in clip / (norm + 1e-6) is visible: a leaf whose norm equals
     # the threshold is still scaled, by clip / (clip + 1e-6), exactly as DINO does.
-    import optax
     clip = 1e-5
     g = {"w": np.full((4,), clip / 2, np.float32)}  # norm = 2 * clip/2 = clip
     got, _ = optim.clip_by_param_norm(clip).update(g, optax.EmptyState())
@@ -297,9 +284,6 @@ def test_per_param_clipping_treats_scanned_layers_as_separate_tensors():
     # A scanned ViT stacks every layer's tensor into one "blocks" leaf; DINO (unscanned torch)
     # clips each layer's tensor alone, so the scanned clip must equal the unscanned one, also
     # when the backbone sits deeper in a method's params tree.
-    import jax
-    from vit_jax import models
-    from vit_jax.models.vit import scan_params
     depth = 3
     model = models.create("vit_tiny_patch4_16", num_classes=10, depth=depth)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
@@ -330,10 +314,6 @@ def test_per_param_clipping_treats_scanned_layers_as_separate_tensors():
 def test_mae_decays_its_tokens_as_main_pretrain():
     """facebookresearch/mae main_pretrain: timm's add_weight_decay without a skip list, so only
     biases and 1-D tensors are spared; the class token and the mask token are decayed."""
-    import jax
-    from vit_jax import objectives
-    from vit_jax.config_base import mnist5k_config
-    from vit_jax.data.info import DataInfo
     c = mnist5k_config()
     c.objective, c.mae = "mae", objectives.default_config("mae")
     c.model.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32))
