@@ -220,6 +220,17 @@ def test_sinkhorn_knopp_against_its_definition_and_equipartition():
     np.testing.assert_allclose(flat, 1 / 5, rtol=1e-6)
 
 
+def test_sinkhorn_knopp_sharp_teacher_stays_finite():
+    # cosine logits in [-1, 1] at tau_t = 0.01 span 200: a prototype every sample scores far below
+    # the batch maximum must not underflow to 0 / 0 (float64 reference holds exp(200))
+    rng = np.random.default_rng(2)
+    logits = np.tanh(rng.normal(size=(16, 8)))
+    logits[:, 3] = -0.9                                    # a prototype nobody is near
+    got = np.asarray(L.sinkhorn_knopp(jnp.asarray(logits / 0.01, jnp.float32), 3))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, _sinkhorn_numpy(logits / 0.01, 3), rtol=1e-3, atol=1e-6)
+
+
 def test_teacher_probs_sinkhorn_ignores_the_center():
     t = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 6)), jnp.float32)
     c = jnp.ones((1, 6)) * 5.0

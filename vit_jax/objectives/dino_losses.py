@@ -65,14 +65,14 @@ def sinkhorn_knopp(scores: Array, iters: int = 3) -> Array:
     alternating normalisations of exp(scores) (SwAV; DINOv2's sinkhorn_knopp_teacher). Over the
     global batch under jax.jit (the sums are global means of a sharded array)."""
     k = scores.shape[-1]
-    q = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores)))
-    q = q.reshape(-1, k)
-    n = q.shape[0]
-    q = q / jnp.sum(q)
+    # in the log domain: exp(scores - max) underflows whole prototype columns to 0 (then 0 / 0) once
+    # the teacher temperature is sharp (scores span 2 / tau_t: 200 at tau_t = 0.01)
+    log_q = scores.reshape(-1, k).astype(jnp.float32)
+    n = log_q.shape[0]
     for _ in range(iters):
-        q = q / jnp.sum(q, axis=0, keepdims=True) / k    # each prototype: mass 1/K
-        q = q / jnp.sum(q, axis=1, keepdims=True) / n    # each sample: mass 1/N
-    return (q * n).reshape(scores.shape)
+        log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - jnp.log(k)   # each prototype: 1/K
+        log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - jnp.log(n)   # each sample: 1/N
+    return (jnp.exp(log_q) * n).reshape(scores.shape)
 
 
 def teacher_probs(teacher_logits: Array, center: Array, tau_t: Array, sinkhorn_iters: int = 0) -> Array:
