@@ -279,6 +279,16 @@ def train_transform(scale: tuple[float, float]):
 
 
 # ----------------------------------------------------------------------------- main
+def write_final(final: dict, out: str) -> None:
+    """Prints `final: {json}` and appends the JSON line to `out` ('' = print only)."""
+    line = json.dumps(final)
+    print("final: " + line, flush=True)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -335,12 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     final = {"run": "official_mae", "epochs": args.epochs, "steps": total_steps,
              "final_loss": rec["loss"], **final, "wall_time_s": round(time.time() - start, 1),
              "threads": args.threads, "seed": args.seed}
-    line = json.dumps(final)
-    print("final: " + line, flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    write_final(final, args.out)
     return final
 
 
