@@ -2,10 +2,16 @@
 by side: the training data after augmentation and every initial parameter's statistics.
 
     PYTHONPATH=/work/tv python benchmarks/mae_vs_official_checks.py --mae_repo /tmp/mae_official
+    PYTHONPATH=/work/tv python benchmarks/mae_vs_official_checks.py --mae_repo /tmp/mae_official \
+        --workdir workdirs/mae_faithful_init
 
 Prints one JSON line for the augmented digits of each pipeline (1,000 train digits: mean, std,
 share of pixels above the background, median / 90% / 99% quantiles) and one per parameter of each
 model (shape, std, mean), our names and the official ones as each framework writes them.
+With --workdir, instead: the k-NN of that run's final encoder by both evaluation paths, ours
+(benchmarks/knn_over_checkpoints.features) and the official script's (its weights put into the
+official encoder, official_mae_mnist5k.knn_eval), so the two k-NN protocols are checked on one
+set of weights.
 """
 from __future__ import annotations
 
@@ -20,9 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+import knn_over_checkpoints
 import official_mae_mnist5k as official_run
+from official_dino_data import Mnist5kPIL, eval_transform
 from official_dino_mnist5k import _import_torchvision_python_only
-from vit_jax import objectives, trees
+from vit_jax import objectives, runs, trees
+from vit_jax.convert.mae_official import official_rows
+from vit_jax.convert.tables import export_rows
 from vit_jax.data import mnist5k, transforms
 from vit_jax.data.info import DataInfo
 
@@ -38,8 +48,11 @@ def _stats(x: np.ndarray) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mae_repo", required=True, help="checkout of facebookresearch/mae")
+    p.add_argument("--workdir", default="", help="an MAE run: compare the two k-NN paths on it")
     a = p.parse_args(argv)
     _import_torchvision_python_only()
+    if a.workdir:
+        return knn_both_ways(a.mae_repo, a.workdir)
     spec = importlib.util.spec_from_file_location("mae_cfg", os.path.join(ROOT, "configs/mnist5k/mae_pretrain.py"))
     cfg_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cfg_module)
@@ -68,6 +81,25 @@ def main(argv: list[str] | None = None) -> None:
         v = np.asarray(v)
         print(json.dumps({"ours": trees.path_str(path), "shape": list(v.shape),
                           "std": round(float(v.std()), 4), "mean": round(float(v.mean()), 4)}))
+
+
+def knn_both_ways(mae_repo: str, workdir: str) -> None:
+    run = runs.load_run(workdir)
+    train, test = mnist5k("train"), mnist5k("test")
+    ours: dict = {}
+    (cls_tr, gap_tr), (cls_te, gap_te) = (knn_over_checkpoints.features(run, s.images) for s in (train, test))
+    for name, tr, te in (("cls", cls_tr, cls_te), ("gap", gap_tr, gap_te)):
+        pred = knn_over_checkpoints.knn_predict(tr, train.labels, te, 10, (10, 20))
+        ours.update({f"knn_{name}_k{k}": round(float((pred[k] == test.labels).mean()), 4) for k in (10, 20)})
+    model = official_run.build_model(official_run.import_official(mae_repo))
+    sd = export_rows(official_rows(run.model), run.backbone_variables)
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    if unexpected or any(not k.startswith(("decoder", "mask_token", "pos_embed")) for k in missing):
+        raise AssertionError(f"missing {missing}, unexpected {unexpected}")
+    loaders = [torch.utils.data.DataLoader(Mnist5kPIL(s, eval_transform()), batch_size=500)
+               for s in ("train", "test")]
+    print(json.dumps({"workdir": workdir, "ours": ours,
+                      "official_path": official_run.knn_eval(model, *loaders)}))
 
 
 if __name__ == "__main__":
