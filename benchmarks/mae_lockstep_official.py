@@ -33,6 +33,7 @@ How
     PYTHONPATH=/work/tv python benchmarks/mae_lockstep_official.py --mae_repo /tmp/mae_official \
         --steps 1875 --knn --out workdirs/official/mae_lockstep.jsonl
     ... --init official   (the official initialize_weights as the shared start)
+    ... --init official --ours_prefixes decoder,mask_token   (a hybrid start: those from ours)
     ... --data official   (the official script's torchvision crops as the shared batches)
     ... --codes ours      (only vit_jax on the chosen streams: which stream moves the k-NN)
 """
@@ -93,10 +94,18 @@ def torch_rand_returns(noise: torch.Tensor):
         torch.rand = rand
 
 
-def official_init(obj, model) -> dict:
-    """The official model's initial parameters (initialize_weights) as our MAE's params tree."""
-    sd = StateDict({k: v.detach().numpy() for k, v in model.state_dict().items() if k not in FIXED},
-                   "official init")
+def official_init(obj, model, ours: dict | None = None, ours_prefixes: tuple[str, ...] = ()) -> dict:
+    """The official model's initial parameters (initialize_weights) as our MAE's params tree;
+    the tensors whose official names start with one of `ours_prefixes` taken from our params
+    tree `ours` instead (a hybrid start)."""
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items() if k not in FIXED}
+    if ours_prefixes:
+        mine = export_rows(official_rows(obj.model), {"params": ours})
+        taken = [k for k in tensors if k.startswith(ours_prefixes)]
+        if not taken:
+            raise ValueError(f"no official tensor name starts with {ours_prefixes}")
+        tensors.update({k: mine[k] for k in taken})
+    sd = StateDict(tensors, "official init")
     p = Params(sd)
     import_rows(official_rows(obj.model), p)
     sd.finish()
@@ -151,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--knn", action="store_true", help="k-NN of both encoders at the end")
     p.add_argument("--init", choices=("ours", "official"), default="ours",
                    help="the shared initial state: MAEObjective.init or models_mae's initialize_weights")
+    p.add_argument("--ours_prefixes", default="",
+                   help="with --init official: comma-separated official name prefixes whose "
+                        "initial tensors come from ours (e.g. 'decoder,mask_token')")
     p.add_argument("--data", choices=("ours", "official"), default="ours",
                    help="the shared batches: our transform or the official script's torchvision one")
     p.add_argument("--codes", choices=("both", "ours"), default="both",
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(a.seed)
     model = official_run.build_model(official)
     if a.init == "official":
-        params = jax.tree.map(jnp.asarray, official_init(obj, model))
+        prefixes = tuple(x for x in a.ours_prefixes.split(",") if x)
+        params = jax.tree.map(jnp.asarray, official_init(obj, model, params, prefixes))
         opt_state = tx.init(params)
     missing, unexpected = model.load_state_dict(official_state(obj.model, params), strict=False)
     if set(missing) != FIXED or unexpected:
@@ -223,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "loss_rel_diff": abs(float(loss) - loss_t.item()) / loss_t.item(),
                    "param_rel_diff_max": worst, "in": where, "wall_s": round(time.time() - start, 1)}
             print(json.dumps(rec), flush=True)
-    final = {"run": "mae_lockstep", "seed": a.seed, "steps": a.steps, "init": a.init,
+    final = {"run": "mae_lockstep", "seed": a.seed, "steps": a.steps,
+             "init": a.init + (f" with ours for {a.ours_prefixes}" if a.ours_prefixes else ""),
              "data": a.data, "codes": a.codes, **rec}
     if a.knn:
         memory = torch.utils.data.DataLoader(Mnist5kPIL("train", eval_transform()), batch_size=500)
