@@ -7,7 +7,8 @@ by side: the training data after augmentation and every initial parameter's stat
 
 Prints one JSON line for the augmented digits of each pipeline (1,000 train digits: mean, std,
 share of pixels above the background, median / 90% / 99% quantiles) and one per parameter of each
-model (shape, std, mean), our names and the official ones as each framework writes them.
+model (shape, mean, std, max / std, kurtosis), our names and the official ones as each framework
+writes them, then the largest correlation between two same-shaped tensors of each init.
 With --workdir, instead: the k-NN of that run's final encoder by both evaluation paths, ours
 (benchmarks/knn_over_checkpoints.features) and the official script's (its weights put into the
 official encoder, official_mae_mnist5k.knn_eval), so the two k-NN protocols are checked on one
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 
@@ -70,17 +72,39 @@ def main(argv: list[str] | None = None) -> None:
 
     official = official_run.import_official(a.mae_repo)
     torch.manual_seed(0)
-    for name, v in official_run.build_model(official).state_dict().items():
-        v = v.float()
-        print(json.dumps({"official": name, "shape": list(v.shape), "std": round(float(v.std()), 4)
-                          if v.numel() > 1 else 0.0, "mean": round(float(v.mean()), 4)}))
+    theirs_init = {name: v.float().numpy() for name, v in official_run.build_model(official).state_dict().items()}
+    for name, v in theirs_init.items():
+        print(json.dumps({"official": name, "shape": list(v.shape), **_law(v)}))
     obj = objectives.build(config, DataInfo(num_classes=10, image_shape=(28, 28, 1), num_train=4000))
     example = {"image": jnp.zeros((1, 28, 28, 1)), "label": jnp.zeros((1,), jnp.int32)}
     params, _ = obj.init(jax.random.PRNGKey(0), example)
-    for path, v in jax.tree_util.tree_leaves_with_path(params):
-        v = np.asarray(v)
-        print(json.dumps({"ours": trees.path_str(path), "shape": list(v.shape),
-                          "std": round(float(v.std()), 4), "mean": round(float(v.mean()), 4)}))
+    ours_init = {trees.path_str(path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(params)}
+    for name, v in ours_init.items():
+        print(json.dumps({"ours": name, "shape": list(v.shape), **_law(v)}))
+    for who, tensors in (("official", theirs_init), ("ours", ours_init)):
+        print(json.dumps({"largest_correlation_between_tensors": who, **_largest_correlation(tensors)}))
+
+
+def _law(v: np.ndarray) -> dict:
+    """mean, std, max |x - mean| / std and kurtosis (uniform 1.8, normal 3) of one tensor."""
+    if v.size < 2 or float(v.std()) == 0.0:
+        return {"std": 0.0, "mean": round(float(v.mean()), 4)}
+    z = (v - v.mean()) / v.std()
+    return {"std": round(float(v.std()), 4), "mean": round(float(v.mean()), 4),
+            "max_over_std": round(float(np.abs(z).max()), 2), "kurtosis": round(float((z ** 4).mean()), 2)}
+
+
+def _largest_correlation(tensors: dict[str, np.ndarray]) -> dict:
+    """The largest |Pearson correlation| between two random tensors of one shape (independent draws:
+    about 1 / sqrt(size))."""
+    drawn = {k: v.ravel() for k, v in tensors.items() if v.size > 100 and float(v.std()) > 0}
+    best = {"r": 0.0, "a": "", "b": ""}
+    for a, b in itertools.combinations(drawn, 2):
+        if tensors[a].shape == tensors[b].shape:
+            r = abs(float(np.corrcoef(drawn[a], drawn[b])[0, 1]))
+            if r > best["r"]:
+                best = {"r": round(r, 4), "a": a, "b": b}
+    return best
 
 
 def knn_both_ways(mae_repo: str, workdir: str) -> None:
