@@ -69,6 +69,7 @@ def sinkhorn_knopp(scores: Array, iters: int = 3) -> Array:
     # the teacher temperature is sharp (scores span 2 / tau_t: 200 at tau_t = 0.01)
     log_q = scores.reshape(-1, k).astype(jnp.float32)
     n = log_q.shape[0]
+    log_q = log_q - jax.nn.logsumexp(log_q)              # total mass 1 (all that iters=0 does)
     for _ in range(iters):
         log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - jnp.log(k)   # each prototype: 1/K
         log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - jnp.log(n)   # each sample: 1/N
