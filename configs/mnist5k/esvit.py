@@ -30,7 +30,8 @@ xavier init with the position embedding at std 2 (model.posemb_init_std; timm's 
 leave a random class token blind to where the strokes are).
 Measured (`esvit.py:v,vit --config.eval_every_epochs=1`, 38 min 52 s on the 2-core CPU, beside
 another run for the first half): teacher k-NN (k=10 / 20) 93.4 / 93.4 after 20 epochs (83.3 after
-one, 90.3 after 5, 92.1 after 10, 93.3 after 15; student 93.0 / 92.9): below the raw pixels' 95.1
+one, 90.3 after 5, 92.1 after 10, 93.3 after 15; student 93.0 / 92.9; --config.seed=1: 93.8 / 94.0,
+18 min 40 s alone): below the raw pixels' 95.1
 (the bar, 95, not reached; 40 epochs give 94.0 / 93.8, flat from epoch 25; batch 64 at lr 5e-4,
 twice the steps, 93.8 / 93.7; iBOT's masked patch target, esvit.mim_weight=1, behind at epoch 6;
 the teacher at temperature 0.01, 93.4 / 92.9; the position embedding at std 4, behind at epoch 10). Global crops at
