@@ -41,8 +41,17 @@ def features(run: runs.Run, images: np.ndarray, batch: int = 500) -> tuple[np.nd
     return (np.concatenate(cls) if cls else None), np.concatenate(gap)
 
 
-def _unit(f: np.ndarray) -> np.ndarray:
-    return f / np.linalg.norm(f, axis=1, keepdims=True)
+def knn_row(run: runs.Run, train, test, prefix: str = "") -> dict:
+    """{prefix + "cls_k10": top-1, ..., prefix + "gap_k20": ...} of `run`'s backbone: the test
+    digits classified against the train digits (knn_predict normalises the features)."""
+    (cls_tr, gap_tr), (cls_te, gap_te) = features(run, train.images), features(run, test.images)
+    row: dict = {}
+    for name, tr, te in (("cls", cls_tr, cls_te), ("gap", gap_tr, gap_te)):
+        if tr is None:
+            continue
+        pred = knn_predict(tr, train.labels, te, 10, KS)
+        row.update({f"{prefix}{name}_k{k}": round(float((pred[k] == test.labels).mean()), 4) for k in KS})
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,14 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     root = os.path.join(runs.workdir_of(a.workdir), "checkpoints")
     steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
     for step in steps:
-        run = runs.load_run(a.workdir, step)
-        (cls_tr, gap_tr), (cls_te, gap_te) = features(run, train.images), features(run, test.images)
-        row: dict = {"step": step}
-        for name, tr, te in (("cls", cls_tr, cls_te), ("gap", gap_tr, gap_te)):
-            if tr is None:
-                continue
-            pred = knn_predict(_unit(tr), train.labels, _unit(te), 10, KS)
-            row.update({f"{name}_k{k}": round(float((pred[k] == test.labels).mean()), 4) for k in KS})
+        row = {"step": step, **knn_row(runs.load_run(a.workdir, step), train, test)}
         print(json.dumps(row), flush=True)
 
 

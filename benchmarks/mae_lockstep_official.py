@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import time
@@ -55,6 +54,7 @@ import torch
 import official_mae_mnist5k as official_run
 from official_dino_data import Mnist5kPIL, eval_transform
 from vit_jax import optim
+from vit_jax.config_base import load_config_file
 from vit_jax import validate as validate_lib
 from vit_jax.convert.mae_official import official_rows
 from vit_jax.convert.tables import export_rows, import_rows
@@ -65,11 +65,8 @@ FIXED = {"pos_embed", "decoder_pos_embed"}   # sin-cos tables: buffers of ours, 
 
 
 def mae_config():
-    spec = importlib.util.spec_from_file_location(
-        "mae_cfg", os.path.join(ROOT, "configs/mnist5k/mae_pretrain.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("")
+    """configs/mnist5k/mae_pretrain.py's config, as `--config` loads it."""
+    return load_config_file(os.path.join(ROOT, "configs/mnist5k/mae_pretrain.py"), "")
 
 
 def official_state(module, params) -> dict[str, torch.Tensor]:

@@ -17,7 +17,6 @@ set of weights.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -30,11 +29,11 @@ from PIL import Image
 
 import knn_over_checkpoints
 import official_mae_mnist5k as official_run
+from mae_lockstep_official import official_state
 from official_dino_data import Mnist5kPIL, eval_transform
 from official_dino_mnist5k import _import_torchvision_python_only
 from vit_jax import objectives, runs, trees
-from vit_jax.convert.mae_official import official_rows
-from vit_jax.convert.tables import export_rows
+from vit_jax.config_base import load_config_file
 from vit_jax.data import mnist5k, transforms
 from vit_jax.data.info import DataInfo
 
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     _import_torchvision_python_only()
     if a.workdir:
         return knn_both_ways(a.mae_repo, a.workdir)
-    spec = importlib.util.spec_from_file_location("mae_cfg", os.path.join(ROOT, "configs/mnist5k/mae_pretrain.py"))
-    cfg_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cfg_module)
-    config = cfg_module.get_config("")
+    config = load_config_file(os.path.join(ROOT, "configs/mnist5k/mae_pretrain.py"), "")
     src = mnist5k("train")
     ours = transforms.build(config.data.train_transform)
     rng = np.random.default_rng(0)
@@ -109,15 +105,10 @@ def _largest_correlation(tensors: dict[str, np.ndarray]) -> dict:
 
 def knn_both_ways(mae_repo: str, workdir: str) -> None:
     run = runs.load_run(workdir)
-    train, test = mnist5k("train"), mnist5k("test")
-    ours: dict = {}
-    (cls_tr, gap_tr), (cls_te, gap_te) = (knn_over_checkpoints.features(run, s.images) for s in (train, test))
-    for name, tr, te in (("cls", cls_tr, cls_te), ("gap", gap_tr, gap_te)):
-        pred = knn_over_checkpoints.knn_predict(tr, train.labels, te, 10, (10, 20))
-        ours.update({f"knn_{name}_k{k}": round(float((pred[k] == test.labels).mean()), 4) for k in (10, 20)})
+    ours = knn_over_checkpoints.knn_row(run, mnist5k("train"), mnist5k("test"), prefix="knn_")
     model = official_run.build_model(official_run.import_official(mae_repo))
-    sd = export_rows(official_rows(run.model), run.backbone_variables)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    state = official_state(run.model, run.backbone_variables["params"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(("decoder", "mask_token", "pos_embed")) for k in missing):
         raise AssertionError(f"missing {missing}, unexpected {unexpected}")
     loaders = [torch.utils.data.DataLoader(Mnist5kPIL(s, eval_transform()), batch_size=500)
