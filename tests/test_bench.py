@@ -1,6 +1,5 @@
 """The bench command times the real train step and reports what it promises."""
 import json
-import subprocess
 import sys
 
 import jax
@@ -19,10 +18,8 @@ def test_bench_in_process():
 
 
 def test_bench_cli_json():
-    out = subprocess.run([sys.executable, "-m", "vit_jax.bench", "--model", "vit_tiny_patch4_16",
-                          "--batch", "4", "--steps", "1", "--repeats", "1", "--json"],
-                         env=subprocess_run.env(1), cwd=subprocess_run.ROOT, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess_run.run_command([sys.executable, "-m", "vit_jax.bench", "--model", "vit_tiny_patch4_16",
+                                      "--batch", "4", "--steps", "1", "--repeats", "1", "--json"])
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["model"] == "vit_tiny_patch4_16" and r["batch"] == 4 and r["image_size"] == 16
@@ -128,10 +125,8 @@ def test_aot_plan_on_8_simulated_devices():
 
 
 def test_aot_cli_simulates_the_devices_it_is_given():
-    out = subprocess.run([sys.executable, "-m", "vit_jax.bench", "--aot", "--devices", "4", "--mesh", "2,2,1",
-                          "--model", "vit_tiny_patch2_8", "--batch", "4", "--json"],
-                         env=subprocess_run.env(1), cwd=subprocess_run.ROOT, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess_run.run_command([sys.executable, "-m", "vit_jax.bench", "--aot", "--devices", "4",
+                                      "--mesh", "2,2,1", "--model", "vit_tiny_patch2_8", "--batch", "4", "--json"])
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["devices"] == 4 and r["mesh"] == {"data": 2, "fsdp": 2, "model": 1}

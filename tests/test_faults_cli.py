@@ -25,9 +25,8 @@ JSON_HINT = "the workdir's config.json is not valid JSON (truncated?); restore i
 
 
 def _cli(config: str, workdir: str, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vit_jax.main", "--config", config,
-                           "--workdir", workdir, *flags], env=subprocess_run.env(), cwd=subprocess_run.ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess_run.run_command([sys.executable, "-m", "vit_jax.main", "--config", config,
+                                       "--workdir", workdir, *flags], timeout=120)
 
 
 def _arg_workdir(tmp_path) -> str:

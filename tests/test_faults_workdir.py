@@ -316,10 +316,9 @@ def test_nan_before_any_checkpoint_says_so(tmp_path, monkeypatch):
 def test_cli_workdir_error_is_one_line(copy):
     before = snapshot(copy)
     cfg = os.path.join(subprocess_run.ROOT, "tests", "tiny_config.py")
-    proc = subprocess.run(subprocess_run.command(copy, "--config.model.width=32", "--config.num_epochs=0.1375",
-                                                 "--config.total_steps=-1", config=cfg),
-                          env=subprocess_run.env(), cwd=subprocess_run.ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess_run.run_command(subprocess_run.command(copy, "--config.model.width=32",
+                                                             "--config.num_epochs=0.1375",
+                                                             "--config.total_steps=-1", config=cfg), timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "model.width: 16 -> 32" in lines[-1]

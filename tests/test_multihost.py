@@ -1,7 +1,7 @@
 """Two processes on 127.0.0.1 (jax.distributed over CPU) train to the one-process result."""
 import os
+import signal
 import socket
-import subprocess
 
 import jax
 import numpy as np
@@ -24,13 +24,18 @@ def test_two_processes_equal_one(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = free_port()
-    procs = [subprocess.Popen(
+    procs = [subprocess_run.popen(
         subprocess_run.command(two, *OVERRIDES),
         env=subprocess_run.env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                               JAX_PROCESS_ID=str(i)),
-        cwd=subprocess_run.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               JAX_PROCESS_ID=str(i)))
         for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outs = [subprocess_run.communicate(p, timeout=300) for p in procs]
+    finally:   # one process failing to start leaves the other waiting for its coordinator
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "2 process(es), 2 device(s)" in outs[0][0]
