@@ -54,11 +54,6 @@ def check_stream(n: int, global_batch: int, process_count: int, drop_remainder: 
                          f"would drop every example: lower batch_size or set data.drop_remainder=False")
 
 
-def make_example(source: Sequence[dict], transform: Transform, seed: int, idx: int, g: int) -> dict:
-    """Source row idx transformed with the rng of stream position g: a pure function of (seed, g)."""
-    return transform(dict(source[idx]), np.random.default_rng([seed, g]))
-
-
 def origin(source: Any, idx: int) -> str:
     """Example idx's origin for messages: its file when the source has files (image folders)."""
     files = getattr(source, "files", None)
@@ -83,6 +78,72 @@ def stack(examples: Sequence[dict], where: Callable[[int], str] = str) -> dict[s
             raise DataError(f"{what} of different shapes in one batch: {arrays[0].shape} "
                             f"({where(0)}) and {arrays[r].shape} ({where(r)}); {fix}") from e
     return out
+
+
+def read_rows(source: Sequence[dict], indices: Sequence[int]) -> list[dict]:
+    """Source rows `indices`, in one batched read where the source has one (`__getitems__`:
+    tfds's array_record reader fetches a batch's records in parallel), else one by one."""
+    getitems = getattr(source, "__getitems__", None)
+    rows = getitems([int(i) for i in indices]) if getitems is not None else [source[i] for i in indices]
+    return [dict(r) for r in rows]
+
+
+class RowByRow:
+    """`source` without its batched read: `read_rows` then reads it one row at a time (the
+    comparison in tests/test_array_record.py and benchmarks/array_record_reads.py)."""
+
+    def __init__(self, source: Sequence[dict]):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[i]
+
+
+class TrainBatch:
+    """Step -> this process' rows of global batch `step` (the module docstring's stream): its
+    source rows read together, each transformed with the rng of its stream position. A pure
+    function of (seed, step), picklable: both loaders call it, grain in its worker processes."""
+
+    def __init__(self, source: Sequence[dict], transform: Transform, seed: int, global_batch: int,
+                 local_batch: int, offset: int, drop_remainder: bool):
+        self.source, self.transform, self.seed = source, transform, seed
+        self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
+        self.drop_remainder = drop_remainder
+
+    def index(self, g: int) -> int:
+        return source_index(g, len(self.source), self.seed, self.global_batch, self.drop_remainder)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        first = int(step) * self.global_batch + self.offset
+        positions = range(first, first + self.local_batch)
+        indices = [self.index(g) for g in positions]
+        rows = read_rows(self.source, indices)
+        return stack([self.transform(row, np.random.default_rng([self.seed, g])) for row, g in zip(rows, positions)],
+                     lambda r: origin(self.source, indices[r]))
+
+
+class EvalBatch:
+    """Step -> this process' rows of padded eval batch `step`: position g is source row g with
+    "mask" 1.0, or past the end the last row again with "mask" 0.0 (picklable, as TrainBatch)."""
+
+    def __init__(self, source: Sequence[dict], transform: Callable[[dict], dict], global_batch: int,
+                 local_batch: int, offset: int):
+        self.source, self.transform = source, transform
+        self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        n, first = len(self.source), int(step) * self.global_batch + self.offset
+        positions = range(first, first + self.local_batch)
+        indices = [min(g, n - 1) for g in positions]
+        examples = []
+        for row, g in zip(read_rows(self.source, indices), positions):
+            ex = self.transform(row)
+            ex["mask"] = np.float32(g < n)
+            examples.append(ex)
+        return stack(examples, lambda r: origin(self.source, indices[r]))
 
 
 def mixed_sizes(source: Any, transform: Callable[[dict], dict], max_files: int = 256,
@@ -136,15 +197,16 @@ class TrainPipeline:
     """
 
     def __init__(self, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
-                              process_index: int = 0, process_count: int = 1, workers: int = 4,
-                              prefetch: int = 2, start_step: int = 0, drop_remainder: bool = False):
+                 process_index: int = 0, process_count: int = 1, workers: int = 4,
+                 prefetch: int = 2, start_step: int = 0, drop_remainder: bool = False):
         check_stream(len(source), global_batch, process_count, drop_remainder)
         self.source, self.transform = source, transform
         self.global_batch, self.seed = global_batch, seed
         self.drop_remainder = drop_remainder
         self.steps_per_epoch = steps_per_epoch(len(source), global_batch, drop_remainder)
         self.local_batch = global_batch // process_count
-        self.offset = process_index * self.local_batch
+        self.batch_at = TrainBatch(source, transform, seed, global_batch, self.local_batch,
+                                   process_index * self.local_batch, drop_remainder)
         self.prefetch = max(prefetch, 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
         self._queue: collections.deque = collections.deque()
@@ -165,19 +227,7 @@ class TrainPipeline:
         step = self._next if step is None else step
         return step / self.steps_per_epoch
 
-    # -- production ------------------------------------------------------------------
-    def _index(self, g: int) -> int:
-        return source_index(g, len(self.source), self.seed, self.global_batch, self.drop_remainder)
-
-    def _example(self, g: int) -> dict:
-        return make_example(self.source, self.transform, self.seed, self._index(g), g)
-
-    def batch_at(self, step: int) -> dict[str, np.ndarray]:
-        """This process' rows of global batch `step`, computed synchronously."""
-        first = step * self.global_batch + self.offset
-        return stack([self._example(g) for g in range(first, first + self.local_batch)],
-                      lambda r: origin(self.source, self._index(first + r)))
-
+    # -- production: batch_at(step), this process' rows of global batch `step`, synchronously
     def _submit(self) -> None:
         # One task per batch: per-example tasks cost more in scheduling than small images in work.
         while len(self._queue) < self.prefetch:
@@ -200,24 +250,23 @@ class TrainPipeline:
 
 
 def eval_batches(source: Sequence[dict], transform: Callable[[dict], dict], global_batch: int,
-                                  process_index: int = 0, process_count: int = 1,
-                                  workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
-    """One ordered pass over `source`, padded to whole global batches.
+                 process_index: int = 0, process_count: int = 1,
+                 workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass over `source`, padded to whole global batches, `workers` batches in flight.
 
     Each batch carries `"mask"` (1.0 for real rows, 0.0 for padding), so metrics
     averaged with it count every example exactly once.
     """
     num_batches, local = eval_layout(len(source), global_batch, process_count)
-    n = len(source)
-
-    def example(g: int) -> dict:
-        return eval_example(source, transform, g)
-
-    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+    batch = EvalBatch(source, transform, global_batch, local, process_index * local)
+    workers = max(workers, 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        queue = collections.deque(pool.submit(batch, s) for s in range(min(workers, num_batches)))
         for step in range(num_batches):
-            first = step * global_batch + process_index * local
-            yield stack(list(pool.map(example, range(first, first + local))),
-                         lambda r, first=first: origin(source, min(first + r, n - 1)))
+            out = queue.popleft().result()
+            if step + workers < num_batches:   # bounded: pool.map would make every batch at once
+                queue.append(pool.submit(batch, step + workers))
+            yield out
 
 
 def eval_layout(n: int, global_batch: int, process_count: int) -> tuple[int, int]:
@@ -225,12 +274,3 @@ def eval_layout(n: int, global_batch: int, process_count: int) -> tuple[int, int
     if global_batch % process_count:
         raise ValueError(f"eval batch size {global_batch} is not divisible by {process_count} processes")
     return -(-n // global_batch), global_batch // process_count
-
-
-def eval_example(source: Sequence[dict], transform: Callable[[dict], dict], g: int) -> dict:
-    """Position g of an eval pass: the transformed example g with "mask" 1.0, or past the end
-    the last example again with "mask" 0.0 (padding)."""
-    n = len(source)
-    ex = transform(dict(source[min(g, n - 1)]))
-    ex["mask"] = np.float32(g < n)
-    return ex

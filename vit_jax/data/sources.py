@@ -198,13 +198,33 @@ class TfdsSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = _check_index(i, len(self))
-        where = f"tfds:{self.name} split {self.split!r} index {i}"
         try:  # tfds itself decodes most image features: its PIL errors name no record
             record = self._ds[i]
         except DECODE_ERRORS as e:
-            raise DataError(f"{where}: cannot be read ({type(e).__name__}: {e}); "
+            raise DataError(f"{self._where(i)}: cannot be read ({type(e).__name__}: {e}); "
                             f"{TFDS_FIX.format(name=self.name)}") from e
-        return {"image": _to_hwc_uint8(record[self.image_key], where, self.name),
+        return self._example(record, i)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows `indices` in one read (the pipeline's batched read): array_record fetches the
+        records in parallel, with read-ahead inside each file. A batch that fails to read is read
+        again row by row, so the error names its record."""
+        indices = [_check_index(i, len(self)) for i in indices]
+        # tfds.testing.mock_data's reader has no class-level __getitems__ (its instance one lacks
+        # `self`): such a reader is read row by row
+        if not hasattr(type(getattr(self._ds, "data_source", None)), "__getitems__"):
+            return [self[i] for i in indices]
+        try:
+            records = self._ds.__getitems__(indices)
+        except DECODE_ERRORS:
+            return [self[i] for i in indices]
+        return [self._example(r, i) for r, i in zip(records, indices)]
+
+    def _where(self, i: int) -> str:
+        return f"tfds:{self.name} split {self.split!r} index {i}"
+
+    def _example(self, record: Mapping[str, Any], i: int) -> dict[str, Any]:
+        return {"image": _to_hwc_uint8(record[self.image_key], self._where(i), self.name),
                 "label": int(record[self.label_key])}
 
     def __repr__(self) -> str:
