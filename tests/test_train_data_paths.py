@@ -49,18 +49,23 @@ def test_cifar_cct_recipe_trains_on_tfds_mock_data(tmp_path):
     assert lrs[0] == pytest.approx(1e-5) and max(lrs) == pytest.approx(5.5e-4, rel=0.1)  # from warmup_lr
 
 
-def test_train_on_image_folder(tmp_path):
+@pytest.mark.parametrize("decode, ext", [("full", "png"), ("draft", "jpg")])
+def test_train_on_image_folder(tmp_path, decode, ext):
+    """PNGs decoded whole; JPEGs of 10-40 px with data.decode="draft" (crops of 16 px and more
+    decode at half size for the 8-px output), through training and evaluation."""
     rs = np.random.default_rng(0)
     root = tmp_path / "images"
+    high = 20 if ext == "png" else 40
     for split, n in (("train", 12), ("test", 4)):
         for cls in ("cat", "dog", "emu"):
             os.makedirs(root / split / cls)
             for i in range(n):
-                size = (int(rs.integers(10, 20)), int(rs.integers(10, 20)))
+                size = (int(rs.integers(10, high)), int(rs.integers(10, high)))
                 Image.fromarray(rs.integers(0, 255, size + (3,), dtype=np.uint8)).save(
-                    root / split / cls / f"{i}.png")
+                    root / split / cls / f"{i}.{ext}")
     cfg = short(get_config())
     cfg.data.name = f"folder:{root}"
+    cfg.data.decode = decode
     cfg.data.train_transform = "rrc(8, scale=(0.5, 1))|flip|normalize('imagenet')"
     cfg.data.eval_transform = "resize_center_crop(8)|normalize('imagenet')"
     cfg.eval_batch_size = 8

@@ -35,6 +35,9 @@ def base_config() -> mlc.ConfigDict:
             # folders: False stops at an unreadable image with its name; True replaces it by the
             # next readable file (a note names each skipped file once)
             skip_bad_images=False,
+            # folders: "draft" reads a file's header with the row and decodes it in a first
+            # rrc / resize op at the JPEG scale (1/2, 1/4, 1/8) its output needs (image_decode.py)
+            decode="full",
             # big_vision-style transform strings, see vit_jax/data/transforms.py
             train_transform="normalize('mnist')",
             eval_transform="normalize('mnist')",

@@ -162,12 +162,18 @@ def _with_method(transform: Callable, objective: objectives.Objective) -> Callab
 
 def source_kwargs(data) -> dict:
     """Extra arguments of sources.get_source for a config's `data` section."""
-    if data.get("skip_bad_images"):  # .get: a workdir's config.json may predate the key
-        if not data.name.startswith("folder:"):
-            _fail(f"data.skip_bad_images=True applies to image folders (data.name='folder:/path'), "
-                  f"not to data.name={data.name!r}; remove it")
-        return {"skip_bad_images": True}
-    return {"data_dir": data.data_dir} if data.data_dir and data.name.startswith("tfds:") else {}
+    kw = {}
+    # .get: a workdir's config.json may predate the keys
+    for key, value, off in (("skip_bad_images", data.get("skip_bad_images"), False),
+                            ("decode", data.get("decode", "full"), "full")):
+        if value and value != off:
+            if not data.name.startswith("folder:"):
+                _fail(f"data.{key}={value!r} applies to image folders (data.name='folder:/path'), "
+                      f"not to data.name={data.name!r}; remove it")
+            kw[key] = value
+    if data.data_dir and data.name.startswith("tfds:"):
+        kw["data_dir"] = data.data_dir
+    return kw
 
 
 def validate(c) -> Plan:

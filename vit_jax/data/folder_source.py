@@ -1,7 +1,7 @@
 """Image-folder source: root/CLASS/*.png|jpg|jpeg or root/SPLIT/CLASS/*.png|jpg|jpeg (host side).
 
 Also the two index/split checks every source shares (vit_jax/data/sources.py imports them from
-here, so this module depends on nothing of vit_jax but the errors).
+here, so this module depends on nothing of vit_jax but the errors and image_decode).
 
 An unreadable file (truncated, corrupt, not an image) raises DataError naming it, or, with
 ``skip_bad_images=True``, is replaced by the next readable file (wrapping around): a pure function
@@ -10,23 +10,21 @@ of the index, so the pipeline stays reproducible and resumable; each skipped fil
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vit_jax.data.image_decode import (  # noqa: F401  (DECODE_ERRORS, describe_failure: re-exported)
+    DECODE_ERRORS, EncodedImage, decode_file, describe_failure, file_format)
 from vit_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 FOLDER_LAYOUT = ("expected root/CLASS_NAME/*.png|jpg|jpeg, or root/SPLIT/CLASS_NAME/*.png|jpg|jpeg "
                  "(classes sorted alphabetically give the label ids)")
 SKIP_HINT = "remove or replace the file, or set data.skip_bad_images=True to skip unreadable files"
-# What PIL raises on a broken file (plugins use SyntaxError, struct/zlib errors leak through).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-                 Image.DecompressionBombError)
+DECODES = ("full", "draft")   # draft: the header now, the pixels in the transform (image_decode.py)
 HEADER_SAMPLE = 256  # files whose size image_sizes() reads: bounded, so validation stays fast
 
 
@@ -70,33 +68,6 @@ def folder_layout(root: str) -> tuple[list[str], list[str]]:
     return ["all"], top
 
 
-def describe_failure(e: BaseException, fmt: str) -> str:
-    """A short diagnosis of a PIL failure: "truncated JPEG (...)" or "not a readable image: ..."."""
-    if "truncated" in str(e).lower():  # PIL: "image file is truncated", "Truncated File Read"
-        return f"truncated {fmt} ({e})"
-    if isinstance(e, UnidentifiedImageError):  # its message only repeats the path
-        return "not a readable image: PIL cannot identify its format"
-    return f"not a readable image: {type(e).__name__}: {e}"
-
-
-def _format(path: str) -> str:
-    """The format a file's name promises (PIL may fail before it tells the real one)."""
-    return "PNG" if path.lower().endswith(".png") else "JPEG"
-
-
-def _decode(path: str) -> np.ndarray | str:
-    """The file as RGB uint8 (H, W, 3), or what is wrong with it. Decoding is forced here (load())
-    so a truncated file fails now, with its name, not later inside a transform."""
-    fmt = _format(path)
-    try:
-        with Image.open(path) as im:
-            fmt = im.format or fmt
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except DECODE_ERRORS as e:
-        return describe_failure(e, fmt)
-
-
 class PathTable:
     """The files of a folder as numpy arrays, not a list of Python strings: one byte string per
     name and a class-directory index (about the names' bytes, where a list of str costs ~75 bytes
@@ -127,11 +98,21 @@ class ImageFolderSource:
     """Images decoded lazily with PIL, always converted to RGB: (H, W, 3) uint8.
 
     RGB always (even for grayscale files) so that one folder never mixes channel counts.
+    decode="draft": a row's "image" is an EncodedImage (the header read, vit_jax/data/image_decode.py)
+    that a first resize op decodes at the JPEG scale its output needs, any other op whole.
     ``image_shape`` is None: folder images may differ in size and reading every header is not cheap
     (``image_sizes`` reads a bounded sample). ``skipped`` counts the unreadable files skipped.
     """
 
-    def __init__(self, root: str, split: str | None = None, skip_bad_images: bool = False):
+    def __init__(self, root: str, split: str | None = None, skip_bad_images: bool = False,
+                 decode: str = "full"):
+        if decode not in DECODES:
+            raise ValueError(f"decode={decode!r}: use one of {DECODES}")
+        if decode == "draft" and skip_bad_images:
+            raise ValueError("decode='draft' decodes each file inside the transform, where an unreadable "
+                             "file can no longer be replaced by the next: use skip_bad_images=False "
+                             "(it stops at the file, naming it) or decode='full'")
+        self.decode = decode
         root = os.path.abspath(os.path.expanduser(root))
         splits, self.classes = folder_layout(root)
         if split is None:
@@ -187,7 +168,7 @@ class ImageFolderSource:
             j = (i + k) % len(self)
             if j in self._bad:
                 continue
-            image = _decode(self.files[j])
+            image = (EncodedImage.open if self.decode == "draft" else decode_file)(self.files[j])
             if not isinstance(image, str):
                 return {"image": image, "label": int(self.labels[j])}
             self._bad_file(j, image)
@@ -207,7 +188,7 @@ class ImageFolderSource:
                 with Image.open(path) as im:
                     w, h = im.size
             except DECODE_ERRORS as e:
-                self._bad_file(j, describe_failure(e, _format(path)))
+                self._bad_file(j, describe_failure(e, file_format(path)))
                 continue
             out[j] = (h, w)
         return out
@@ -216,7 +197,7 @@ class ImageFolderSource:
         return f"ImageFolderSource({self.root!r}, split={self.split!r}, n={len(self)})"
 
 
-def image_folder(root: str, split: str | None = None, skip_bad_images: bool = False
-                 ) -> ImageFolderSource:
+def image_folder(root: str, split: str | None = None, skip_bad_images: bool = False,
+                 decode: str = "full") -> ImageFolderSource:
     """root/CLASS/*.png|jpg|jpeg (split None or "all") or root/SPLIT/CLASS/... (split required)."""
-    return ImageFolderSource(root, split, skip_bad_images=skip_bad_images)
+    return ImageFolderSource(root, split, skip_bad_images=skip_bad_images, decode=decode)

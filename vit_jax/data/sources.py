@@ -275,11 +275,11 @@ def _parse_name(name: str) -> tuple[str, str]:
 
 def get_source(name: str, split: str, **kw: Any):
     """Dispatch a source by name (see the module docstring). ``kw`` goes to tfds_source
-    (data_dir, image_key, label_key, download) or to image_folder (skip_bad_images); the embedded
+    (data_dir, image_key, label_key, download) or to image_folder (skip_bad_images, decode); the embedded
     sets take none."""
     kind, arg = _parse_name(name)
-    if kind == "folder" and set(kw) - {"skip_bad_images"}:
-        raise TypeError(f"source {name!r} takes only skip_bad_images, got {sorted(kw)}")
+    if kind == "folder" and set(kw) - {"skip_bad_images", "decode"}:
+        raise TypeError(f"source {name!r} takes only skip_bad_images and decode, got {sorted(kw)}")
     if kind in ("mnist5k", "digits") and kw:
         raise TypeError(f"source {name!r} takes no extra arguments, got {sorted(kw)}")
     if kind == "mnist5k":

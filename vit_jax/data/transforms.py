@@ -20,39 +20,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# The PIL round trip, RandAugment, random affine and random erasing live in their own modules
-# (which do not import this one).
+# The PIL round trip, decoding, normalisation, RandAugment, random affine and random erasing live
+# in their own modules (which do not import this one).
+from vit_jax.data.image_decode import EncodedImage
+from vit_jax.data.normalization import (  # noqa: F401  (the presets: re-exported)
+    CIFAR10_MEAN, CIFAR10_STD, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN,
+    INCEPTION_STD, MNIST_MEAN, MNIST_STD, STATS, get_stats, normalize)
 from vit_jax.data.pil_image import check_image as _check, from_pil, to_pil
 from vit_jax.data.random_affine import random_affine
 from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, rand_augment_pil
-
-# Preset (mean, std) in [0, 1] pixel units.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # -> [-1, 1], as the original ViT
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CCT's and timm's CIFAR stats
-STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "mnist": (MNIST_MEAN, MNIST_STD),
-         "clip": (CLIP_MEAN, CLIP_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD),
-         "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-         "none": ((0.0,), (1.0,))}  # "none": x / 255 only
+from vit_jax.errors import DataError
 
 Size = int | tuple[int, int]
-
-
-def get_stats(mean: Sequence[float] | str, std: Sequence[float] | None = None
-              ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(preset name, None) or (mean, std) -> (mean, std). Presets: see STATS."""
-    if isinstance(mean, str):
-        if mean not in STATS:
-            raise ValueError(f"unknown normalization preset {mean!r}; valid: {', '.join(STATS)}")
-        if std is not None:
-            raise ValueError(f"give std only with an explicit mean, not with the preset {mean!r}")
-        return STATS[mean]
-    if std is None:
-        raise ValueError(f"mean {tuple(mean)} needs an explicit std (or use a preset name)")
-    return tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
 
 def _hw(size: Size) -> tuple[int, int]:
@@ -89,12 +69,22 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float] = (0.08, 
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def random_resized_crop(img: np.ndarray, size: Size, scale: tuple[float, float] = (0.08, 1.0),
+def _image_hw(img: np.ndarray | EncodedImage) -> tuple[int, int]:
+    return img.hw if isinstance(img, EncodedImage) else _check(img).shape[:2]
+
+
+def _resize_any(img: np.ndarray | EncodedImage, hw: tuple[int, int],
+                box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """_resize_box, or for a file not decoded yet its decode at the JPEG scale hw needs."""
+    return img.decode_resized(hw, box) if isinstance(img, EncodedImage) else _resize_box(img, hw, box)
+
+
+def random_resized_crop(img: np.ndarray | EncodedImage, size: Size, scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), *, rng: np.random.Generator
                         ) -> np.ndarray:
     """Inception crop (see random_resized_crop_box), resized bilinearly: (H, W, C) -> (h, w, C)."""
-    top, left, ch, cw = random_resized_crop_box(*_check(img).shape[:2], scale, ratio, rng=rng)
-    return _resize_box(img, _hw(size), (left, top, left + cw, top + ch))
+    top, left, ch, cw = random_resized_crop_box(*_image_hw(img), scale, ratio, rng=rng)
+    return _resize_any(img, _hw(size), (left, top, left + cw, top + ch))
 
 
 def random_flip(img: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
@@ -102,14 +92,16 @@ def random_flip(img: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np
     return img[:, ::-1] if rng.random() < p else img
 
 
-def resize(img: np.ndarray, size: Size) -> np.ndarray:
+def resize(img: np.ndarray | EncodedImage, size: Size) -> np.ndarray:
     """int: shorter side -> size, aspect kept (torchvision rule); (h, w): exact size."""
-    h, w = _check(img).shape[:2]
+    h, w = _image_hw(img)
     if not np.isscalar(size):
-        return _resize_box(img, _hw(size))
+        return _resize_any(img, _hw(size))
     size = int(size)
     hw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-    return img if hw == (h, w) else _resize_box(img, hw)
+    if hw == (h, w):
+        return np.asarray(img)
+    return _resize_any(img, hw)
 
 
 def center_crop(img: np.ndarray, size: Size) -> np.ndarray:
@@ -124,7 +116,7 @@ def center_crop(img: np.ndarray, size: Size) -> np.ndarray:
     return img[top:top + ch, left:left + cw]
 
 
-def resize_center_crop(img: np.ndarray, size: Size, crop_pct: float = 0.875) -> np.ndarray:
+def resize_center_crop(img: np.ndarray | EncodedImage, size: Size, crop_pct: float = 0.875) -> np.ndarray:
     """Eval transform: shorter side -> floor(size / crop_pct), then center crop size (timm rule)."""
     ch, cw = _hw(size)
     return center_crop(resize(img, int(math.floor(min(ch, cw) / crop_pct))), (ch, cw))
@@ -142,22 +134,6 @@ def random_crop_with_padding(img: np.ndarray, size: Size, padding: int, rng: np.
                          "the image first, or crop smaller")
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     return padded[top:top + ch, left:left + cw]
-
-
-def normalize(img: np.ndarray, mean: Sequence[float] | str = "imagenet",
-              std: Sequence[float] | None = None) -> np.ndarray:
-    """uint8 (H, W, C) -> float32 (x / 255 - mean) / std. mean may be a preset name (std None).
-
-    A 1-value mean/std broadcasts over any channel count; a 3-value one on a 1-channel image is an
-    error (silently making 3 channels would hide a config mistake: use to_rgb first).
-    """
-    mean, std = get_stats(mean, std)
-    mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    c = _check(img).shape[-1]
-    for what, v in (("mean", mean), ("std", std)):
-        if len(v) not in (1, c):
-            raise ValueError(f"{what} {v} does not fit a {c}-channel image (to_rgb / to_gray?)")
-    return (img.astype(np.float32) * np.float32(1 / 255) - mean_a) / std_a
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
@@ -194,6 +170,8 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
                             resize_center_crop, random_crop_with_padding, rand_augment, normalize,
                             to_rgb, to_gray, random_affine, random_erasing)}
 AFTER_NORMALIZE = ("random_erasing",)   # ops on the normalised image, after `normalize`
+# first ops that take a file not decoded yet (data.decode="draft"): they decode only what they keep
+TAKES_ENCODED = (random_resized_crop, resize, resize_center_crop)
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
            "pad_crop": "random_crop_with_padding", "randaug": "rand_augment",
            "erase": "random_erasing", "affine": "random_affine"}
@@ -368,10 +346,14 @@ class SpecTransform:
     def __call__(self, example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         if rng is None and self.random_ops:  # eval pipelines call fn(example): they must be fixed
             raise ValueError(f"transforms {self.random_ops} are random: call fn(example, rng)")
-        img = np.asarray(example["image"])
+        img = example["image"]
+        if not (isinstance(img, EncodedImage) and self.fns and self.fns[0][0] in TAKES_ENCODED):
+            img = np.asarray(img)   # decodes an EncodedImage whole
         for fn, a, needs_rng, op in self.fns:
             try:  # name the op: "crop larger than the image" alone does not say which transform
                 img = fn(img, **a, rng=rng) if needs_rng else fn(img, **a)
+            except DataError:   # an unreadable file (data.decode="draft"): its message names it
+                raise
             except ValueError as e:
                 raise ValueError(f"{op}: {e}") from e
         out = dict(example)
