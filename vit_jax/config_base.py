@@ -46,6 +46,9 @@ def base_config() -> mlc.ConfigDict:
             read_threads=1,               # grain: threads in each worker
             prefetch=2,                   # batches in flight (grain: per worker)
             device_prefetch=2,            # batches put on the devices ahead by a thread (0: off)
+            # what train images cross to the devices as: "float32" (normalised on the host) or
+            # "uint8" (the pixels; the transform's final normalize runs on the device)
+            wire="float32",
             # True: floor(N / B) steps per epoch, each epoch a fresh permutation and its last
             # partial batch dropped (DINO's loader); durations in epochs count such epochs
             drop_remainder=False,

@@ -211,7 +211,11 @@ def run(config, workdir: str) -> dict[str, Any]:
                                  jax.process_index(), jax.process_count())
     pipe.set_state(data_state)
     # .get: a workdir's config.json may predate the key
-    pipe = DevicePrefetch(pipe, lambda b: sharding.global_batch(b, mesh), config.data.get("device_prefetch", 0))
+    on_device = plan.on_device or (lambda b: b)   # data.wire="uint8": the final normalize, here
+
+    def to_device(local: dict) -> dict:
+        return on_device(sharding.global_batch(local, mesh))
+    pipe = DevicePrefetch(pipe, to_device, config.data.get("device_prefetch", 0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
          f"{jax.process_count()} process(es), {jax.device_count()} device(s) | steps {start}->{total_steps}")

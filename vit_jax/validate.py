@@ -17,9 +17,12 @@ import numpy as np
 
 from vit_jax import durations, objectives, optim
 from vit_jax.data import pipeline, sources, train_loader, transforms
+from vit_jax.data.device_normalize import DeviceNormalize
 from vit_jax.data.info import DataInfo
 from vit_jax.errors import ConfigError, UserError  # noqa: F401  (ConfigError re-exported)
 from vit_jax.evaluate import evaluators
+
+WIRES = ("float32", "uint8")   # data.wire: what the train batches' images cross to the devices as
 
 
 @dataclasses.dataclass
@@ -35,6 +38,8 @@ class Plan:
     steps: dict[str, int]           # durations.all_steps: total, warmup, eval_every, checkpoint_every
     evaluators: list                # evaluate.evaluators.Evaluator, not built yet
     lr_factors: Any | None          # optim.lr_factors (layer decay, freezing)
+    # the device's part of the train transform, on the global batch (data.wire="uint8": normalize)
+    on_device: Callable[[dict], dict] | None = None
 
 
 def _fail(msg: str) -> None:
@@ -254,10 +259,30 @@ def validate(c) -> Plan:
         factors = optim.lr_factors(c.optim, params, objective.backbone_key,
                                    getattr(objective.backbone, "depth", None))
         planned = evaluators.plan(c, objective, len(train_src), steps["eval_every"], note=_note)
+        train_tf, on_device = _wire(c, train_tf, example)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # AttributeError: a missing section
         raise ConfigError(f"{type(e).__name__}: {e}") from e
     return Plan(objective, train_src, train_tf, eval_src,
                 (lambda ex, tf=eval_tf: tf(ex, np.random.default_rng(0))), example, total, info,
-                steps, planned, factors)
+                steps, planned, factors, on_device)
+
+
+def _wire(c, train_tf: Callable, example: dict) -> tuple[Callable, Callable[[dict], dict] | None]:
+    """data.wire: "float32" sends normalised images; "uint8" the pixels before the final normalize,
+    which then runs on the device (vit_jax/data/device_normalize.py)."""
+    wire = c.data.get("wire", "float32")   # .get: a workdir's config.json may predate the key
+    if wire not in WIRES:
+        _fail(f"data.wire={wire!r}: use one of {WIRES}")
+    if wire == "float32":
+        return train_tf, None
+    if not isinstance(train_tf, transforms.SpecTransform):
+        _fail(f"data.wire='uint8' with objective={c.objective!r}: the method's own host step "
+              f"(prepare_example) works on the normalised image; use data.wire='float32'")
+    try:
+        host, (mean, std) = train_tf.before_normalize()
+    except ValueError as e:
+        raise ConfigError(f"data.wire='uint8' sends the pixels before data.train_transform's final "
+                          f"normalize, but {e}: use data.wire='float32'") from None
+    return host, DeviceNormalize(mean, std, example["image"].shape[-1])

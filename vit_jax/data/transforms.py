@@ -339,9 +339,19 @@ class SpecTransform:
     """A built spec: fn(example, rng=None) -> example (see `build`). A class rather than a
     closure so that it pickles: worker processes receive the transform that way."""
 
-    def __init__(self, fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool, str]]):
-        self.fns = fns
+    def __init__(self, fns: list[tuple[Callable[..., np.ndarray], dict[str, Any], bool, str]],
+                 dtype: type = np.float32):
+        self.fns, self.dtype = fns, dtype
         self.random_ops = [fn.__name__ for fn, _, needs_rng, _ in fns if needs_rng]
+
+    def before_normalize(self) -> tuple[SpecTransform, tuple[tuple[float, ...], tuple[float, ...]]]:
+        """(this transform without its final normalize, giving uint8 images; that normalize's
+        (mean, std)): data.wire="uint8" runs the rest on the device. ValueError when ops follow
+        normalize (they work on the normalised image, on the host)."""
+        fn, a, _, op = self.fns[-1]
+        if fn is not normalize:
+            raise ValueError(f"{op!r} follows normalize and works on the normalised image on the host")
+        return SpecTransform(self.fns[:-1], np.uint8), (tuple(a["mean"]), tuple(a["std"]))
 
     def __call__(self, example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         if rng is None and self.random_ops:  # eval pipelines call fn(example): they must be fixed
@@ -356,8 +366,10 @@ class SpecTransform:
                 raise
             except ValueError as e:
                 raise ValueError(f"{op}: {e}") from e
+        if self.dtype == np.uint8 and np.asarray(img).dtype != np.uint8:   # never wrap values around
+            raise ValueError(f"the ops before normalize gave {np.asarray(img).dtype} images, not uint8")
         out = dict(example)
-        out["image"] = np.ascontiguousarray(img, dtype=np.float32)
+        out["image"] = np.ascontiguousarray(img, dtype=self.dtype)
         out["label"] = np.int32(example["label"])
         return out
 
