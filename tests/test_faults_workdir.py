@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import jax
@@ -328,19 +327,23 @@ def test_cli_workdir_error_is_one_line(copy):
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     path = str(tmp_path / "w")
     # as from a terminal: SIGINT at its default (pytest-xdist workers ignore it, and the run
-    # respects an inherited SIG_IGN, as `cmd &` in a script expects)
-    proc = subprocess.Popen(subprocess_run.command(path, "--config.total_steps=100000", "--config.log_every=1",
-                                                   "--config.eval_every=0", "--config.checkpoint_every=0"),
-                            env=subprocess_run.env(), cwd=subprocess_run.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # respects an inherited SIG_IGN, as `cmd &` in a script expects). The child inherits the
+    # default from here for the moment of its start: a preexec_fn would run Python in the forked
+    # child of this multithreaded (JAX) process, where a lock held at the fork can deadlock it
+    ignored = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess_run.popen(subprocess_run.command(path, "--config.total_steps=100000",
+                                                           "--config.log_every=1", "--config.eval_every=0",
+                                                           "--config.checkpoint_every=0"))
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     try:
         rows = os.path.join(path, "metrics.jsonl")
         deadline = time.time() + 240
         while not (os.path.exists(rows) and metrics.read_jsonl(rows)) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        out, err = subprocess_run.communicate(proc, 120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
