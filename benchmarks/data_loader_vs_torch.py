@@ -10,7 +10,9 @@ mnist5k), "esvit" (configs/mnist5k/esvit.py:v,vit: 2 x 28 + 6 x 12 crops), "jpeg
 generated 500x375 JPEGs with the ImageNet train transform rrc(224)|flip|normalize), "dino" (the
 same JPEGs through DINO's multi-crop, 2 x 224 + 10 x 96: configs/imagenet/esvit.py:tiny,v);
 "esvit_device" and "dino_device" the same with esvit.photometric_on_device (uint8 crops and their
-photometric rows leave the host; jitter, blur and the rest run in the train step).
+photometric rows leave the host; jitter, blur and the rest run in the train step); "jpeg_uint8"
+the jpeg case with data.wire="uint8" (the pixels leave the host, normalize runs on the device),
+"jpeg_uint8_draft" that with data.decode="draft" too (vit_jax/data/image_decode.py).
 Prints one row per case and N and writes them as JSON lines to --out.
 """
 from __future__ import annotations
@@ -49,6 +51,11 @@ def case_config(name: str, jpegs: str | None, batch: int | None):
     if name in ("esvit_device", "dino_device"):   # the photometric chain left to the device
         c = case_config(name[:-len("_device")], jpegs, batch)
         c.esvit.photometric_on_device = True
+        return c
+    if name in ("jpeg_uint8", "jpeg_uint8_draft"):   # uint8 leaves the host; [+ JPEG draft decoding]
+        c = case_config("jpeg", jpegs, batch)
+        c.data.wire = "uint8"
+        c.data.decode = "draft" if name.endswith("_draft") else "full"
         return c
     if name == "quickstart":
         c = load_config_file(os.path.join(ROOT, "configs/quickstart.py"))
@@ -115,7 +122,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     jpegs = None
-    if {"jpeg", "dino", "dino_device"} & set(a.cases):
+    if {"jpeg", "jpeg_uint8", "jpeg_uint8_draft", "dino", "dino_device"} & set(a.cases):
         jpegs = write_jpegs(tempfile.mkdtemp(prefix="bench_jpegs_"), a.num_jpegs)
     rows = []
     for name in a.cases:
