@@ -29,7 +29,6 @@ import numpy as np
 from absl import flags
 
 from vit_jax.data import pipeline
-from vit_jax.durations import steps_per_epoch
 
 _STEPS = 2**62    # an endless stream: grain's range is lazy
 
@@ -85,14 +84,10 @@ class GrainTrainPipeline:
                  seed: int, process_index: int = 0, process_count: int = 1, workers: int = 2,
                  read_threads: int = 1, prefetch: int = 2, start_step: int = 0,
                  drop_remainder: bool = False):
-        pipeline.check_stream(len(source), global_batch, process_count, drop_remainder)
+        self.batch_at = pipeline.TrainBatch.of_process(source, transform, global_batch, seed, process_index,
+                                                       process_count, drop_remainder)
         _parse_flags()
-        self.source, self.global_batch, self.seed = source, global_batch, seed
-        self.local_batch = global_batch // process_count
-        self.steps_per_epoch = steps_per_epoch(len(source), global_batch, drop_remainder)
         self.workers, self.read_threads, self.prefetch = max(workers, 0), max(read_threads, 1), max(prefetch, 1)
-        self.batch_at = pipeline.TrainBatch(source, transform, seed, global_batch, self.local_batch,
-                                            process_index * self.local_batch, drop_remainder)
         self._it: Iterator | None = None
         self.set_state({"step": start_step})
 
@@ -109,8 +104,7 @@ class GrainTrainPipeline:
         self._next = int(state["step"])
 
     def epoch(self, step: int | None = None) -> float:
-        step = self._next if step is None else step
-        return step / self.steps_per_epoch
+        return self.batch_at.epoch(self._next if step is None else step)
 
     # -- production: batch_at(step), this process' rows of global batch `step`, synchronously here
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -113,8 +113,21 @@ class TrainBatch:
         self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
         self.drop_remainder = drop_remainder
 
+    @classmethod
+    def of_process(cls, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
+                   process_index: int, process_count: int, drop_remainder: bool) -> TrainBatch:
+        """Process `process_index`'s rows [p*b, (p+1)*b) of each global batch, the stream's
+        preconditions checked (check_stream): what both loaders build."""
+        check_stream(len(source), global_batch, process_count, drop_remainder)
+        local = global_batch // process_count
+        return cls(source, transform, seed, global_batch, local, process_index * local, drop_remainder)
+
     def index(self, g: int) -> int:
         return source_index(g, len(self.source), self.seed, self.global_batch, self.drop_remainder)
+
+    def epoch(self, step: int) -> float:
+        """Epochs done before `step` (drop_remainder: floor(N / B) steps an epoch)."""
+        return step / steps_per_epoch(len(self.source), self.global_batch, self.drop_remainder)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = int(step) * self.global_batch + self.offset
@@ -199,14 +212,8 @@ class TrainPipeline:
     def __init__(self, source: Sequence[dict], transform: Transform, global_batch: int, seed: int,
                  process_index: int = 0, process_count: int = 1, workers: int = 4,
                  prefetch: int = 2, start_step: int = 0, drop_remainder: bool = False):
-        check_stream(len(source), global_batch, process_count, drop_remainder)
-        self.source, self.transform = source, transform
-        self.global_batch, self.seed = global_batch, seed
-        self.drop_remainder = drop_remainder
-        self.steps_per_epoch = steps_per_epoch(len(source), global_batch, drop_remainder)
-        self.local_batch = global_batch // process_count
-        self.batch_at = TrainBatch(source, transform, seed, global_batch, self.local_batch,
-                                   process_index * self.local_batch, drop_remainder)
+        self.batch_at = TrainBatch.of_process(source, transform, global_batch, seed, process_index,
+                                              process_count, drop_remainder)
         self.prefetch = max(prefetch, 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
         self._queue: collections.deque = collections.deque()
@@ -224,8 +231,7 @@ class TrainPipeline:
         self._submitted = self._next
 
     def epoch(self, step: int | None = None) -> float:
-        step = self._next if step is None else step
-        return step / self.steps_per_epoch
+        return self.batch_at.epoch(self._next if step is None else step)
 
     # -- production: batch_at(step), this process' rows of global batch `step`, synchronously
     def _submit(self) -> None:
