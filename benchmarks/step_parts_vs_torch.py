@@ -3,7 +3,7 @@
     python benchmarks/step_parts_vs_torch.py --batch 32 --repeats 5
 
 Shapes of ViT-S/16 at 224 px (197 tokens, width 384, 6 heads, MLP 1536). Each part runs forward and
-backward (gradients of a sum) on both sides; the optimizer part is one AdamW update of 22M float32
+backward (gradients of a sum) on both sides, except the forward-only matmul; the optimizer part is one AdamW update of 22M float32
 parameters (optax.adamw against torch.optim.AdamW). Backward passes start from a fixed random
 cotangent, the same on both sides. Prints one JSON line per part with the medians
 (ms) and ours / torch's time (< 1: ours faster).
@@ -47,6 +47,12 @@ def jax_grad_fn(f, *args):
     return lambda: jax.block_until_ready(g(*args))
 
 
+def jax_fn(f, *args):
+    """-> a thunk running jit(f)(*args) forward only, blocking."""
+    g = jax.jit(f)
+    return lambda: jax.block_until_ready(g(*args))
+
+
 def torch_grad_fn(f, *args):
     args = [a.requires_grad_(True) for a in args]
     with torch.no_grad():
@@ -86,7 +92,19 @@ def parts(b: int) -> dict:
     t_block = transformers.models.vit.modeling_vit.ViTLayer(cfg)
 
     jx = jnp.asarray(x)
+    x2, tx2 = jx.reshape(-1, D), torch.from_numpy(x.reshape(-1, D).copy())
+    h = rs.standard_normal((b * L, MLP), dtype=np.float32)
     out = {
+        # the MLP's first product alone, (B*L, D) @ (D, MLP): the matmul library against MKL / oneDNN
+        "matmul (B*L, 384) @ (384, 1536), forward": (
+            jax_fn(jnp.matmul, x2, jnp.asarray(w1)),
+            lambda: torch.matmul(tx2, tw1.T)),
+        "matmul (B*L, 384) @ (384, 1536), forward and backward": (
+            jax_grad_fn(jnp.matmul, x2, jnp.asarray(w1)),
+            torch_grad_fn(lambda x, a: x @ a.T, tx2.clone(), tw1.clone())),
+        "gelu (exact) on (B*L, 1536), forward and backward": (
+            jax_grad_fn(lambda h: jax.nn.gelu(h, approximate=False), jnp.asarray(h)),
+            torch_grad_fn(torch.nn.functional.gelu, torch.from_numpy(h.copy()))),
         "attention core (fused jax.nn.dot_product_attention / sdpa)": (
             jax_grad_fn(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=scale), *map(jnp.asarray, (q, k, v))),
             torch_grad_fn(torch.nn.functional.scaled_dot_product_attention, tq.clone(), tk.clone(), tv.clone())),

@@ -28,10 +28,11 @@ SIZES = {"vit_tiny_patch16_224": ("tiny", 16, 224), "vit_small_patch16_224": ("s
          "vit_base_patch16_224": ("base", 16, 224)}
 
 
-def ours(model: str, batch: int, size: int, classes: int):
-    """-> step(): one train step of ours, blocking until it is done."""
+def ours(model: str, batch: int, size: int, classes: int, objective: str = "supervised"):
+    """-> step(): one train step of ours under `objective`, blocking until it is done."""
     mesh = sharding.make_mesh(-1, 1, 1)
-    built = aot.build_step(model, batch, size, mesh, dtype="float32", num_classes=classes)
+    built = aot.build_step(model, batch, size, mesh, objective=objective, dtype="float32",
+                           num_classes=classes)
     state = built["init"](jax.random.PRNGKey(0))
     rs = np.random.default_rng(0)
     data = sharding.global_batch({"image": rs.standard_normal((batch, size, size, 3), dtype=np.float32),
@@ -75,6 +76,29 @@ def window(run, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def compare(runs: dict, warmup: int, steps: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each run: `repeats` windows of `steps` steps, the runs alternating."""
+    for run in runs.values():
+        window(run, warmup)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(window(run, steps))
+    return times
+
+
+def report(times: dict[str, list[float]], batch: int, **fields) -> None:
+    """Print the windows, the medians' images/s and `ratio_ours_over_<other>: X` for each other run."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = dict(fields, batch=batch, torch_threads=torch.get_num_threads(),
+               step_s={k: [round(t, 3) for t in v] for k, v in times.items()},
+               images_per_sec={k: round(batch / t, 3) for k, t in med.items()})
+    print(json.dumps(out))
+    for k in med:
+        if k != "ours":
+            print(f"ratio_ours_over_{k}: {med[k] / med['ours']:.3f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vit_small_patch16_224", choices=sorted(SIZES))
@@ -88,20 +112,9 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     size_name, patch, size = SIZES[a.model]
-    steps = {"ours": ours(a.model, a.batch, size, a.classes),
-             "torch": theirs(size_name, patch, a.batch, size, a.classes)}
-    for run in steps.values():
-        window(run, a.warmup)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(a.repeats):
-        for name, run in steps.items():
-            times[name].append(window(run, a.steps))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    out = dict(model=a.model, batch=a.batch, torch_threads=torch.get_num_threads(),
-               step_s={k: [round(t, 3) for t in v] for k, v in times.items()},
-               images_per_sec={k: round(a.batch / t, 3) for k, t in med.items()})
-    print(json.dumps(out))
-    print(f"ratio_ours_over_torch: {med['torch'] / med['ours']:.3f}")
+    runs = {"ours": ours(a.model, a.batch, size, a.classes),
+            "torch": theirs(size_name, patch, a.batch, size, a.classes)}
+    report(compare(runs, a.warmup, a.steps, a.repeats), a.batch, model=a.model)
 
 
 if __name__ == "__main__":
