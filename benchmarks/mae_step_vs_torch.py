@@ -16,17 +16,12 @@ The last lines are `ratio_ours_over_torch: X` (images/s, > 1: ours faster) [and 
 """
 from __future__ import annotations
 
-import argparse
-
-import jax
-import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from train_step_vs_torch import SIZES, compare, ours, report
-from vit_jax import aot, sharding
+from train_step_vs_torch import SIZES, compare, harness_args, ours, parse, report
 from vit_jax.models.vit import VIT_SIZES
 
 DECODER = dict(width=512, depth=8, heads=16)   # vit_jax's mae defaults (MAE's ViT-B/L/H decoder)
@@ -129,28 +124,18 @@ def trainable(model: nn.Module) -> int:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vit_small_patch16_224", choices=sorted(SIZES))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p = harness_args(__doc__)
     p.add_argument("--hf", action="store_true", help="also time transformers' ViTMAEForPreTraining")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a = parse(p, argv)
     size_name, patch, size = SIZES[a.model]
     width, depth, heads, _ = VIT_SIZES[size_name]
-    mesh = sharding.make_mesh(-1, 1, 1)
-    ours_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-        aot.build_step(a.model, a.batch, size, mesh, objective="mae")["state"]["params"]))
+    runs = {"ours": ours(a.model, a.batch, size, 1000, objective="mae")}
+    ours_params = runs["ours"].num_params
     model = TorchMAE(size, patch, width, depth, heads).train()
     if trainable(model) != ours_params:
         raise SystemExit(f"the PyTorch MAE has {trainable(model):,} trainable parameters, ours "
                          f"{ours_params:,}: not the same model")
-    runs = {"ours": ours(a.model, a.batch, size, 1000, objective="mae"),
-            "torch": torch_step(model, a.batch, size)}
+    runs["torch"] = torch_step(model, a.batch, size)
     if a.hf:
         hf = hf_mae(size_name, patch, size)
         runs["hf"] = torch_step(hf, a.batch, size, loss_of=lambda x: hf(pixel_values=x).loss)

@@ -29,7 +29,8 @@ SIZES = {"vit_tiny_patch16_224": ("tiny", 16, 224), "vit_small_patch16_224": ("s
 
 
 def ours(model: str, batch: int, size: int, classes: int, objective: str = "supervised"):
-    """-> step(): one train step of ours under `objective`, blocking until it is done."""
+    """-> step(): one train step of ours under `objective`, blocking until it is done;
+    step.num_params: the trained parameters' count."""
     mesh = sharding.make_mesh(-1, 1, 1)
     built = aot.build_step(model, batch, size, mesh, objective=objective, dtype="float32",
                            num_classes=classes)
@@ -43,6 +44,7 @@ def ours(model: str, batch: int, size: int, classes: int, objective: str = "supe
     def run():
         box[0], metrics = step(box[0], data)
         jax.block_until_ready(metrics)
+    run.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     return run
 
 
@@ -99,18 +101,29 @@ def report(times: dict[str, list[float]], batch: int, **fields) -> None:
             print(f"ratio_ours_over_{k}: {med[k] / med['ours']:.3f}")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def harness_args(doc: str) -> argparse.ArgumentParser:
+    """The options every side-by-side step benchmark takes (model, batch, windows, torch threads)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default="vit_small_patch16_224", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    return a
+
+
+def main(argv=None) -> None:
+    p = harness_args(__doc__)
+    p.add_argument("--classes", type=int, default=1000)
+    a = parse(p, argv)
     size_name, patch, size = SIZES[a.model]
     runs = {"ours": ours(a.model, a.batch, size, a.classes),
             "torch": theirs(size_name, patch, a.batch, size, a.classes)}

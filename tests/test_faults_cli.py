@@ -158,8 +158,6 @@ HF_FAULTS = {
 
 @pytest.mark.parametrize("case", list(HF_FAULTS))
 def test_load_hf_damaged_folder_is_a_conversion_error(case, hf_folder, tmp_path):
-    if case == "garbage_bin":
-        pytest.importorskip("torch")
     folder = _copy(hf_folder, tmp_path / "m")
     _corrupt(folder, case)
     message, name = HF_FAULTS[case]
