@@ -30,7 +30,7 @@ local crops of 16 px at (0.2, 0.5), global crops at (0.8, 1), no solarisation, t
 (model.posemb_init_std; timm's and DINO's 0.02 leave a random class token blind to where the
 strokes are).
 Measured (`esvit.py:v,vit --config.eval_every_epochs=2`, 42 min 49 s on the 2-core CPU beside one
-or two other runs; the same step alone runs 20 epochs in about 19 min): teacher k-NN (k=10 / 20)
+or two other runs; seed 1 below ran alone): teacher k-NN (k=10 / 20)
 94.2 / 93.7 after 20 epochs (89.4 after 2, 93.7 after 10, 94.2 from 14 on; student 93.6 / 93.9);
 --config.seed=1: 94.7 / 94.7 (95.0 after 10; student 95.2), 17 min 52 s alone. Below the raw
 pixels' 95.1: the bar (95) is not reached. EMA 0.9: 93.8 / 94.0 (student
@@ -82,8 +82,8 @@ BACKBONES = {
 # scale (0.2, 0.5) instead of 6 x 12 px at (0.05, 0.4) (a 5% crop of a digit is mostly background),
 # global crops at (0.8, 1) (a centred digit's position is part of its shape once the ViT sees position),
 # no solarisation (it erases a white-on-black digit), a teacher EMA of 0.95 (cosine to 1): with
-# Sinkhorn-Knopp targets against collapse a slow teacher only delays learning (0.99 reaches the
-# 0.95 run's epoch-10 k-NN at epoch 20; 0.996 is slower still), and the ViT's xavier init (MAE's; DINO's
+# Sinkhorn-Knopp targets against collapse a slow teacher only delays learning (0.95 passes 0.99's
+# 20-epoch k-NN by epoch 10; 0.996 is slower still), and the ViT's xavier init (MAE's; DINO's
 # trunc-normal 0.02 starts with class tokens that barely depend on the digit) with a position
 # embedding of std 2 at init instead of 0.02: DINO sharpens the teacher's first notion of
 # similarity, and with 0.02 that notion is ink (a class token that averages patches; random-init
