@@ -7,6 +7,7 @@ conftest.py's 8 simulated devices (XLA_FLAGS) are removed from its environment.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import time
@@ -40,7 +41,6 @@ def test_notebook_list_is_complete():
 
 def test_notebooks_are_what_write_notebooks_writes(tmp_path):
     """colabs/write_notebooks.py is the notebooks' source: the stored files must equal its output."""
-    import importlib.util
     spec = importlib.util.spec_from_file_location("write_notebooks", os.path.join(COLABS, "write_notebooks.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
