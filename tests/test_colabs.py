@@ -39,8 +39,9 @@ def test_notebook_list_is_complete():
     assert sorted(f for f in os.listdir(COLABS) if f.endswith(".ipynb")) == sorted(NOTEBOOKS)
 
 
-def test_notebooks_are_what_write_notebooks_writes(tmp_path):
+def test_notebooks_are_what_write_notebooks_writes(tmp_path, monkeypatch):
     """colabs/write_notebooks.py is the notebooks' source: the stored files must equal its output."""
+    monkeypatch.syspath_prepend(COLABS)   # its shared cells, colabs/notebook_cells.py, sit beside it
     spec = importlib.util.spec_from_file_location("write_notebooks", os.path.join(COLABS, "write_notebooks.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
