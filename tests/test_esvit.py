@@ -17,6 +17,7 @@ import pytest
 from tests.test_sharding import run_steps
 from tests.tiny_config import get_config
 from vit_jax import checkpoint, models, objectives, optim, sharding, train, viz
+from vit_jax.data import multicrop
 from vit_jax.data.pipeline import TrainPipeline
 from vit_jax.data.transforms import get_stats
 from vit_jax.models.dino_head import DINOHead
@@ -84,6 +85,17 @@ def test_crops_in_the_batch_and_loss_at_init_is_log_k():
     assert np.abs(np.asarray(new_extra["center"])).sum() > 0
     for a, c in zip(jax.tree.leaves(new_extra["ema_teacher"]["params"]), jax.tree.leaves(extra["ema_teacher"]["params"])):
         np.testing.assert_array_equal(a, c)
+
+
+def test_blur_sigma_reaches_the_crops_and_bad_values_fail_at_validate():
+    """esvit.blur_sigma (pixels of a 224-px crop) is the crops' blur, scaled to global_size;
+    DINO's (0.1, 2) by default; a reversed range is refused before anything is compiled."""
+    assert tuple(objectives.default_config("esvit").blur_sigma) == (0.1, 2.0)
+    obj = validate(esvit_config(blur_sigma=(0.8, 16.0))).objective
+    assert obj.crops.blur_sigma == (0.8, 16.0)
+    np.testing.assert_allclose(multicrop.sigma_pixels(obj.crops), (0.8 * 8 / 224, 16.0 * 8 / 224))
+    with pytest.raises((ValueError, ConfigError), match="blur_sigma"):
+        validate(esvit_config(blur_sigma=(2.0, 0.1)))
 
 
 def test_full_size_dino_head_starts_near_log_65536():

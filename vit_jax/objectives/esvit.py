@@ -72,6 +72,9 @@ class EsViT(Objective):
         photometric_on_device=False,
         # DINO's photometric ops: probabilities, (global 1, global 2, local) where a triple
         jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1, 0.5), solarize_p=(0.0, 0.2, 0.0),
+        # the blur's sigma range in pixels of a 224-px global crop, scaled to global_size
+        # (multicrop.py); DINO's code blurs (0.1, 2) px whatever the crop size
+        blur_sigma=(0.1, 2.0),
         # shape ops, not DINO's (0 = off): rotation / shear in degrees, 3x3 max / min filter probability
         rotate=0.0, shear=0.0, morph_p=0.0, morph_strength=(1.0, 1.0),
         # remedies for collapse from DINOv2, not in the DINO / EsViT papers (0 = off, faithful)
@@ -111,6 +114,7 @@ class EsViT(Objective):
             global_size=int(e.global_size), local_size=int(e.local_size), num_local=int(e.num_local),
             global_scale=tuple(e.global_scale), local_scale=tuple(e.local_scale), flip=bool(e.flip),
             jitter_p=float(e.jitter_p), gray_p=float(e.gray_p), blur_p=tuple(e.blur_p),
+            blur_sigma=tuple(e.blur_sigma),
             solarize_p=tuple(e.solarize_p), rotate=float(e.rotate), shear=float(e.shear),
             morph_p=float(e.morph_p), morph_strength=tuple(e.morph_strength),
             mean=transforms_lib.get_stats(e.pixel_stats)[0], std=transforms_lib.get_stats(e.pixel_stats)[1],
