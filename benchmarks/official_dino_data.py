@@ -40,9 +40,15 @@ def mnist_augmentation(official, global_scale, local_scale, local_crops_number,
                        local_size=LOCAL_SIZE, solarize=True):
     """main_dino.DataAugmentationDINO, edited in place: sizes 28 / local_size, no flip, MNIST
     normalisation; without solarize also no utils.Solarization."""
-    from torchvision import transforms as T
     aug = official.main_dino.DataAugmentationDINO(tuple(global_scale), tuple(local_scale),
                                                   local_crops_number)
+    return edit_for_mnist(aug, official.utils.Solarization, local_size, solarize)
+
+
+def edit_for_mnist(aug, solarization_cls, local_size=LOCAL_SIZE, solarize=True):
+    """Edit an official DataAugmentationDINO (DINO's, or EsViT's whose local_transfo is a list of
+    one pipeline per local size) in place for 28-px digits; returns it."""
+    from torchvision import transforms as T
     changed = {"flip": 0, "crop": 0, "normalize": 0, "solarize": 0}
     size_map = {(OFFICIAL_GLOBAL_SIZE,) * 2: (GLOBAL_SIZE,) * 2,
                 (OFFICIAL_LOCAL_SIZE,) * 2: (local_size,) * 2}
@@ -54,7 +60,7 @@ def mnist_augmentation(official, global_scale, local_scale, local_crops_number,
                 if isinstance(s, T.RandomHorizontalFlip):
                     changed["flip"] += 1
                     continue
-                if not solarize and isinstance(s, official.utils.Solarization):
+                if not solarize and isinstance(s, solarization_cls):
                     changed["solarize"] += 1
                     continue
                 kept.append(edit(s))
@@ -68,13 +74,14 @@ def mnist_augmentation(official, global_scale, local_scale, local_crops_number,
             changed["normalize"] += 1
         return t
 
-    for pipe in (aug.global_transfo1, aug.global_transfo2, aug.local_transfo):
+    local = aug.local_transfo if isinstance(aug.local_transfo, list) else [aug.local_transfo]
+    for pipe in (aug.global_transfo1, aug.global_transfo2, *local):
         edit(pipe)
     # the flip/jitter and normalize Compose objects are shared by the 3 pipelines: the flip goes once
     if (changed["crop"] != 3 or changed["flip"] != 1 or changed["normalize"] < 1
             or changed["solarize"] != (0 if solarize else 1)):
         raise RuntimeError(f"DataAugmentationDINO has an unexpected structure ({changed}); "
-                           "check the official main_dino.py")
+                           "check the official code's augmentation class")
     return aug
 
 

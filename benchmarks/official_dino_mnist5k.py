@@ -83,11 +83,11 @@ from official_dino_data import (LOCAL_SIZE, Mnist5kPIL, TruncatedLoader, eval_tr
 
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def recipe_parser(description: str, repo_flag: str, repo_help: str) -> argparse.ArgumentParser:
+    """The recipe flags shared with official_esvit_mnist5k.py (defaults: esvit.py:v,vit,faithful)."""
+    p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dino_repo", required=True,
-                   help="checkout of facebookresearch/dino (main_dino.py, utils.py, ...)")
+    p.add_argument(repo_flag, required=True, help=repo_help)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3,
@@ -126,7 +126,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers")
     p.add_argument("--out", default="", help="JSON-lines log path (appended to)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return recipe_parser(__doc__.split("\n")[0], "--dino_repo",
+                         "checkout of facebookresearch/dino (main_dino.py, utils.py, ...)").parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- imports / shims
@@ -236,33 +241,26 @@ def knn_eval(official, backbone, memory_loader, query_loader, ks=(10, 20), T=0.0
     train_f = nn.functional.normalize(train_f, dim=1, p=2)
     test_f = nn.functional.normalize(test_f, dim=1, p=2)
     out = {}
-    for k in ks:
-        top1, _ = official.eval_knn.knn_classifier(train_f, train_y, test_f, test_y, k, T,
-                                                   num_classes=10)
-        out[f"knn_top1_k{k}"] = round(top1 / 100.0, 6)   # official returns percent
+    with _cpu_shims():   # EsViT's copy of knn_classifier allocates with .cuda()
+        for k in ks:
+            top1, _ = official.eval_knn.knn_classifier(train_f, train_y, test_f, test_y, k, T,
+                                                       num_classes=10)
+            out[f"knn_top1_k{k}"] = round(top1 / 100.0, 6)   # official returns percent
     return out
 
 
-# ----------------------------------------------------------------------------- main
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    official = import_official(args.dino_repo)
-    main_dino, utils = official.main_dino, official.utils
-
-    # as main_dino.train_dino: init_distributed_mode (-> single process here), fix_random_seeds
-    main_dino.dist = _SingleProcessDist(main_dino.dist)
+# ----------------------------------------------------------------------------- shared by the runners
+def seed_everything(utils, seed: int) -> None:
+    """As main_dino.train_dino / main_esvit.train_esvit: single process, then fix_random_seeds."""
     utils.setup_for_distributed(True)
-    utils.fix_random_seeds(args.seed)
-    random.seed(args.seed)           # utils.GaussianBlur / Solarization draw from `random`
+    utils.fix_random_seeds(seed)
+    random.seed(seed)           # utils.GaussianBlur / Solarization draw from `random`
 
-    # ---- data
-    aug = mnist_augmentation(official, args.global_scale, args.local_scale, args.local_crops_number,
-                             args.local_size, solarize=not args.no_solarize)
-    print("augmentation (official DataAugmentationDINO, sizes/flip/normalisation edited):")
-    print("  global_transfo1:", aug.global_transfo1)
-    print("  global_transfo2:", aug.global_transfo2)
-    print("  local_transfo:", aug.local_transfo)
+
+def make_loaders(args, aug):
+    """(train loader of `aug`'s crops, k-NN memory loader, k-NN query loader) on mnist5k."""
+    for name in ("global_transfo1", "global_transfo2", "local_transfo"):
+        print(f"  {name}:", getattr(aug, name))
     train_set = Mnist5kPIL("train", aug)
     gen = torch.Generator().manual_seed(args.seed)
     data_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch, shuffle=True,
@@ -276,6 +274,61 @@ def main(argv=None):
                                                batch_size=500, shuffle=False)
     print(f"Data loaded: {len(train_set)} train images, {len(data_loader)} steps/epoch, "
           f"{len(query_loader.dataset)} k-NN queries.")
+    return data_loader, memory_loader, query_loader
+
+
+def make_schedules(utils, args, steps_per_epoch: int):
+    """utils.cosine_scheduler for lr (absolute, not rescaled), weight decay and teacher momentum."""
+    if args.warmup_epochs > args.epochs:   # utils.cosine_scheduler asserts otherwise (smoke tests)
+        print(f"note: warmup_epochs {args.warmup_epochs} > epochs {args.epochs}: "
+              f"using warmup_epochs = {args.epochs}")
+        args.warmup_epochs = args.epochs
+    return (utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
+                                   warmup_epochs=args.warmup_epochs),
+            utils.cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs,
+                                   steps_per_epoch),
+            utils.cosine_scheduler(args.momentum_teacher, 1, args.epochs, steps_per_epoch))
+
+
+def train_and_log(args, train_epoch, evaluate) -> dict:
+    """Calls train_epoch(epoch) -> official stats for every epoch and evaluate() -> k-NN dict every
+    --eval_every epochs and after the last; a JSON line per epoch (printed, appended to --out)."""
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    final = {}
+    start = time.time()
+    for epoch in range(args.epochs):
+        with _cpu_shims():
+            stats = train_epoch(epoch)
+        rec = {"epoch": epoch + 1, "loss": stats["loss"], "lr": stats["lr"], "wd": stats["wd"],
+               "train_time_s": time.time() - start}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            rec.update(evaluate())
+            final = {k: rec[k] for k in ("knn_top1_k10", "knn_top1_k20")}
+        rec["wall_time_s"] = time.time() - start
+        line = json.dumps(rec)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    final["wall_time_s"] = time.time() - start
+    print("final: " + json.dumps(final), flush=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    official = import_official(args.dino_repo)
+    main_dino, utils = official.main_dino, official.utils
+    main_dino.dist = _SingleProcessDist(main_dino.dist)
+    seed_everything(utils, args.seed)
+
+    aug = mnist_augmentation(official, args.global_scale, args.local_scale, args.local_crops_number,
+                             args.local_size, solarize=not args.no_solarize)
+    print("augmentation (official DataAugmentationDINO, sizes/flip/normalisation edited):")
+    data_loader, memory_loader, query_loader = make_loaders(args, aug)
 
     # ---- networks, as in main_dino.train_dino (no batchnorm -> teacher_without_ddp = teacher)
     student = utils.MultiCropWrapper(build_backbone(official, 0.1), build_head(official, args.out_dim))
@@ -300,44 +353,16 @@ def main(argv=None):
                                    sinkhorn_iters=args.sinkhorn_iters,
                                    koleo_weight=args.koleo_weight, student_wrapper=student.module)
     optimizer = torch.optim.AdamW(utils.get_params_groups(student))
-    if args.warmup_epochs > args.epochs:   # utils.cosine_scheduler asserts otherwise (smoke tests)
-        print(f"note: warmup_epochs {args.warmup_epochs} > epochs {args.epochs}: "
-              f"using warmup_epochs = {args.epochs}")
-        args.warmup_epochs = args.epochs
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, len(data_loader),
-                                         warmup_epochs=args.warmup_epochs)
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs,
-                                         len(data_loader))
-    momentum_schedule = utils.cosine_scheduler(args.momentum_teacher, 1, args.epochs,
-                                               len(data_loader))
+    lr_schedule, wd_schedule, momentum_schedule = make_schedules(utils, args, len(data_loader))
     # train_one_epoch reads these from args under main_dino's names
     train_args = argparse.Namespace(epochs=args.epochs, clip_grad=args.clip_grad,
                                     freeze_last_layer=args.freeze_last_layer)
-
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    final = {}
-    start = time.time()
-    for epoch in range(args.epochs):
-        with _cpu_shims():
-            stats = main_dino.train_one_epoch(student, teacher, teacher_without_ddp, dino_loss,
-                                              data_loader, optimizer, lr_schedule, wd_schedule,
-                                              momentum_schedule, epoch, None, train_args)
-        rec = {"epoch": epoch + 1, "loss": stats["loss"], "lr": stats["lr"], "wd": stats["wd"],
-               "train_time_s": time.time() - start}
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            rec.update(knn_eval(official, teacher_without_ddp.backbone, memory_loader,
-                                query_loader))
-            final = {k: rec[k] for k in ("knn_top1_k10", "knn_top1_k20")}
-        rec["wall_time_s"] = time.time() - start
-        line = json.dumps(rec)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
-    final["wall_time_s"] = time.time() - start
-    print("final: " + json.dumps(final), flush=True)
-    return final
+    return train_and_log(
+        args,
+        lambda epoch: main_dino.train_one_epoch(student, teacher, teacher_without_ddp, dino_loss,
+                                                data_loader, optimizer, lr_schedule, wd_schedule,
+                                                momentum_schedule, epoch, None, train_args),
+        lambda: knn_eval(official, teacher_without_ddp.backbone, memory_loader, query_loader))
 
 
 if __name__ == "__main__":

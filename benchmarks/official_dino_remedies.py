@@ -15,7 +15,8 @@ is copied from DINO or DINOv2, and the official modules are used unmodified:
     forward teacher logits whose centred, sharpened softmax IS the Sinkhorn-Knopp target
     (tau * log q + center), so the official cross-entropy, crop pairing and averaging run as is.
   * KoLeo on the student backbone's class tokens of the two global crops (summed over the crops),
-    caught by a forward hook on the official MultiCropWrapper's backbone.
+    caught by a forward hook on the official MultiCropWrapper's backbone (DINO) or on the final
+    LayerNorm of EsViT's ViT (benchmarks/official_esvit_mnist5k.py).
 """
 from __future__ import annotations
 
@@ -70,25 +71,38 @@ def koleo(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def make_loss(official_loss_cls, *args, sinkhorn_iters: int, koleo_weight: float,
-              student_wrapper: nn.Module | None):
-    """An instance of a subclass of main_dino.DINOLoss with the remedies switched on."""
+              student_wrapper: nn.Module | None, feature_module: nn.Module | None = None,
+              pick_feature=None):
+    """An instance of a subclass of the official loss (main_dino.DINOLoss, or main_esvit's DINOLoss
+    or DDINOLoss, whose outputs are (view, region, features, npatch) tuples and whose forward also
+    takes targets_mixup) with the remedies switched on. KoLeo reads the student's features of the
+    global crops from the output of `feature_module` (default: the wrapper's backbone), called
+    once per crop size with the global crops first, through `pick_feature` (default: as is)."""
 
     class RemedyDINOLoss(official_loss_cls):
         def __init__(self):
             super().__init__(*args)
             self.global_feats: list[torch.Tensor] = []
             if koleo_weight > 0:
-                backbone = student_wrapper.backbone
-                # MultiCropWrapper calls the backbone once per crop size, the global crops first
+                module = student_wrapper.backbone if feature_module is None else feature_module
+                pick = pick_feature or (lambda out: out)
                 student_wrapper.register_forward_pre_hook(lambda *_: self.global_feats.clear())
-                backbone.register_forward_hook(lambda _m, _i, out: self.global_feats.append(out))
+                module.register_forward_hook(lambda _m, _i, out: self.global_feats.append(pick(out)))
 
-        def forward(self, student_output, teacher_output, epoch):
+        def _sinkhorn(self, logits, center, tau):
+            q = sinkhorn_knopp(logits.detach() / tau, sinkhorn_iters)
+            return tau * torch.log(q.clamp_min(1e-38)) + center
+
+        def forward(self, student_output, teacher_output, epoch, *rest):
             if sinkhorn_iters > 0:
                 tau = float(self.teacher_temp_schedule[epoch])
-                q = sinkhorn_knopp(teacher_output.detach() / tau, sinkhorn_iters)
-                teacher_output = tau * torch.log(q.clamp_min(1e-38)) + self.center
-            loss = super().forward(student_output, teacher_output, epoch)
+                if isinstance(teacher_output, tuple):   # DDINOLoss: view and region targets
+                    view, region, feats, npatch = teacher_output
+                    teacher_output = (self._sinkhorn(view, self.center, tau),
+                                      self._sinkhorn(region, self.center_grid, tau), feats, npatch)
+                else:
+                    teacher_output = self._sinkhorn(teacher_output, self.center, tau)
+            loss = super().forward(student_output, teacher_output, epoch, *rest)
             if koleo_weight > 0:
                 g = self.global_feats[0]
                 loss = loss + koleo_weight * sum(koleo(c) for c in g.chunk(2))
