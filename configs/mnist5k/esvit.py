@@ -40,7 +40,8 @@ is not reached in 20 epochs. The official facebookresearch/dino code on this rec
 (95.0 from epoch 20 on), with --config.seed=1 95.4 / 95.8: the budget at which ours reaches the
 bar (32 min 37 s alone). EsViT (vr,vit) on this recipe, seeds 0-2: 93.5, 94.7, 93.8 (94.00 +- 0.62),
 not above DINO; the official microsoft/esvit code on it (benchmarks/official_esvit_mnist5k.py, seeds
-0, 1): 93.8, 93.7 against its DINO's 95.3, 94.3, so V+R >= V fails on the ViT in the reference too;
+0-2): 93.8, 93.7, 93.2 against its DINO's 95.3, 94.3, 94.7, so V+R >= V fails on the ViT in the
+reference too;
 with --config.esvit.region_min_std=0.1: 92.9 / 92.7. DINO's blur at the digits' pixel size (--config.esvit.blur_sigma="(0.8, 16.0)"):
 93.3 / 93.2. EMA 0.9: 93.8 / 94.0 (student 94.3); 0.98 and 0.8 start between (README).
 Everything below was measured with the earlier EMA 0.99 (add --config.esvit.momentum_teacher=0.99
