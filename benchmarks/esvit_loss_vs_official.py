@@ -33,7 +33,7 @@ def one_case(official, sinkhorn_iters: int, seed: int, b=8, k=64, p=32, tt=49, t
     v = 2 + n_local
     t_sizes = [tt, tt] + [ts_local] * n_local
     # logits are cosines, as the heads make them (a weight-normalised last layer with g = 1 on an
-    # L2-normalised input); wider ones underflow the remedy's float32 exp at tau_t = 0.02
+    # L2-normalised input)
     cos = lambda *shape: rng.uniform(-1, 1, size=shape).astype(np.float32)  # noqa: E731
     s_view, t_view = cos(v, b, k), cos(2, b, k)
     s_region = [cos(b, t, k) for t in t_sizes]

@@ -53,7 +53,7 @@ def init_pos_embed(vit: nn.Module, std: float, xavier: bool) -> None:
 def sinkhorn_knopp(scores: torch.Tensor, iters: int) -> torch.Tensor:
     """(N, K) scores (logits / tau) -> (N, K) targets: each row sums to 1, each column holds 1/K of
     the total mass (alternating normalisations of exp(scores))."""
-    q = torch.exp(scores - scores.max()).double()
+    q = torch.exp((scores - scores.max()).double())   # in float64: exp(-100) is denormal in float32
     n, k = q.shape
     q = q / q.sum()
     for _ in range(iters):
