@@ -17,7 +17,7 @@ from vit_jax import state as state_lib
 from vit_jax.runs import load_run
 from vit_jax.models.eva import (MaskedFeatureStudent, cosine_per_token, eva_init,
                                 masked_cosine_loss, per_example_masked_cosine_loss,
-                                standardize_targets)
+                                pooled_cosine_loss, standardize_targets)
 from vit_jax.models.vit import ViT
 from vit_jax.validate import ConfigError, validate
 
@@ -88,6 +88,29 @@ def test_masked_patches_are_replaced_by_the_mask_token(student):
     assert not np.allclose(fwd(params, changed, np.zeros_like(mask)), fwd(params, images, np.zeros_like(mask)))
     with pytest.raises(ValueError, match="patch_mask has shape"):
         model.apply({"params": params}, images, mask[:, :8])
+
+
+def test_class_token_prediction_and_its_loss(student):
+    """with_cls=True: the class token through the same head, first; the patch predictions are
+    those of with_cls=False; pooled_cosine_loss is -cos(pred, mean target token)."""
+    model, params, images = student
+    mask = np.zeros((2, 16), bool)
+    mask[:, 3:9] = True
+    both = MaskedFeatureStudent(encoder=model.encoder, target_dim=24, with_cls=True)
+    out = both.apply({"params": params}, images, mask)
+    assert out.shape == (2, 17, 24)
+    np.testing.assert_allclose(out[:, 1:], model.apply({"params": params}, images, mask), atol=1e-6)
+    rng = np.random.default_rng(4)
+    pred, target = rng.normal(size=(2, 24)), rng.normal(size=(2, 16, 24))
+    mean = target.mean(1)
+    want = -(pred * mean).sum(-1) / (np.linalg.norm(pred, axis=-1) * np.linalg.norm(mean, axis=-1))
+    np.testing.assert_allclose(pooled_cosine_loss(pred, target), want, atol=1e-6)
+    assert float(pooled_cosine_loss(mean, target)[0]) == pytest.approx(-1.0, abs=1e-6)
+    no_cls = MaskedFeatureStudent(encoder=ViT(num_classes=0, patch_size=4, width=32, depth=1, num_heads=4,
+                                              mlp_dim=64, image_size=16, class_token=False, pool="gap"),
+                                  target_dim=24, with_cls=True)
+    with pytest.raises(ValueError, match="needs an encoder with a class token"):
+        no_cls.init(jax.random.key(0), images, mask)
 
 
 def test_eva_init_truncated_normal_and_rescaled_outputs(student):
@@ -184,6 +207,36 @@ def test_target_norm_and_native_view_reach_the_loss(teacher_folder):
     raw = obj.teacher.targets(extra["teacher"], images, *obj.student_stats, obj.grid)
     np.testing.assert_allclose(obj._targets(extra, images), standardize_targets(raw), atol=1e-6)
     assert obj.teacher.view == "native" and obj.teacher.input_size(obj.grid) == (12, 12)
+
+
+def test_class_token_target_adds_its_weighted_term(teacher_folder):
+    """eva.cls_weight > 0: loss = masked patch loss + cls_weight x pooled_cosine_loss, logged apart."""
+    c = eva_config(teacher_folder)
+    c.eva.cls_weight = 0.5
+    obj = validate(c).objective
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32),
+             "patch_mask": jnp.asarray(np.stack([obj.prepare_example({}, rng)["patch_mask"] for _ in range(4)]))}
+    params, _ = obj.init(jax.random.key(0), batch)
+    extra = {"teacher": obj.teacher.variables["params"]}
+    loss, (metrics, _) = obj.loss(params, extra, batch, jax.random.key(1), jnp.zeros((), jnp.int32))
+    pred = obj.model.apply({"params": params}, batch["image"], batch["patch_mask"])
+    targets = obj._targets(extra, batch["image"])
+    want_patches = _np_cos_loss(pred[:, 1:], targets, batch["patch_mask"])[0]
+    want_cls = np.mean(pooled_cosine_loss(pred[:, 0], targets))
+    np.testing.assert_allclose(metrics["loss_patches"], want_patches, atol=1e-5)
+    np.testing.assert_allclose(metrics["loss_cls"], want_cls, atol=1e-6)
+    np.testing.assert_allclose(loss, want_patches + 0.5 * want_cls, atol=1e-5)
+    ev = obj.eval_metrics(params, extra, batch)
+    assert ev["loss"].shape == (4,) and set(ev) == {"loss", "loss_patches", "loss_cls"}
+    c.eva.cls_weight = -1.0
+    with pytest.raises(ConfigError, match="cls_weight=-1.0 must be >= 0"):
+        validate(c)
+    c.eva.cls_weight = 1.0
+    c.model.class_token = False
+    c.model.pool = "gap"
+    with pytest.raises(ConfigError, match="has none: set model.class_token=True"):
+        validate(c)
 
 
 def test_eva_trains_through_the_loop(teacher_folder, tmp_path):

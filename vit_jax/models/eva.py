@@ -8,6 +8,8 @@ The encoder sees ALL tokens: the patch embeddings of masked patches are replaced
 mask token before the position embedding is added (unlike MAE, which drops them); after the
 final norm a linear head maps every patch token to the teacher's width. Only masked tokens
 enter the loss. Parameters: encoder (the ViT backbone), mask_token (1, 1, D), head.
+With `with_cls=True` the class token goes through the same head and comes first:
+(B, 1 + L, target_dim), for the class-token target that is not EVA's (`pooled_cosine_loss`).
 
 `eva_init` reproduces EVA's initialisation: every Linear / Conv kernel, the tokens and the
 learned position embedding ~ N(0, std) truncated to [-std, std] (EVA calls timm's trunc_normal_
@@ -34,6 +36,7 @@ class MaskedFeatureStudent(nn.Module):
     """ViT encoder + mask token + linear head to the teacher's width. See the module docstring."""
     encoder: ViT
     target_dim: int
+    with_cls: bool = False   # also predict from the class token: output (B, 1 + L, target_dim)
 
     def setup(self) -> None:
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
@@ -42,7 +45,8 @@ class MaskedFeatureStudent(nn.Module):
                              param_dtype=self.encoder.param_dtype)
 
     def __call__(self, images: Array, patch_mask: Array, train: bool = False) -> Array:
-        """images (B, H, W, C), patch_mask (B, L) bool (True = masked) -> (B, L, target_dim) f32."""
+        """images (B, H, W, C), patch_mask (B, L) bool (True = masked) -> (B, L, target_dim) f32,
+        (B, 1 + L, target_dim) with the class token first when with_cls."""
         enc = self.encoder
         grid = enc._check_images(images)
         expected = (images.shape[0], grid[0] * grid[1])
@@ -51,7 +55,11 @@ class MaskedFeatureStudent(nn.Module):
                              f"{expected[1]} patches ({grid[0]}x{grid[1]}): expected {expected}.")
         tokens, cls = enc.embed(images, patch_mask=patch_mask, mask_token=self.mask_token)
         x = tokens if cls is None else jnp.concatenate([cls, tokens], axis=1)
-        x = enc.encode(x, train)[:, enc.num_prefix_tokens:]
+        if self.with_cls and cls is None:
+            raise ValueError("with_cls=True needs an encoder with a class token (class_token=True).")
+        x = enc.encode(x, train)
+        x = jnp.concatenate([x[:, :1], x[:, enc.num_prefix_tokens:]], axis=1) if self.with_cls \
+            else x[:, enc.num_prefix_tokens:]
         return self.head(x).astype(jnp.float32)
 
 
@@ -85,6 +93,15 @@ def per_example_masked_cosine_loss(pred: Array, target: Array, patch_mask: Array
     """(B,) -mean cosine over each example's masked tokens (for evaluation)."""
     m = patch_mask.astype(jnp.float32)
     return -jnp.sum(cosine_per_token(pred, target) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def pooled_cosine_loss(pred_cls: Array, target: Array) -> Array:
+    """(B, K) class-token predictions, (B, L, K) targets -> (B,) -cos(pred, mean of the L target
+    tokens). Not EVA's (its class token has no target): the teacher's mean token is what a
+    mean-pooling teacher classifies from, so the student's class token learns the image's summary.
+    """
+    return -cosine_per_token(pred_cls[:, None], jnp.mean(target.astype(jnp.float32), axis=1,
+                                                         keepdims=True))[:, 0]
 
 
 _TRUNCATED = ("kernel", "cls_token", "pos_embed", "mask_token")

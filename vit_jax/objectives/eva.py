@@ -20,7 +20,8 @@ from vit_jax.data import masking
 from vit_jax.data import transforms as transforms_lib
 from vit_jax.data.info import DataInfo
 from vit_jax.models.eva import (MaskedFeatureStudent, eva_init, masked_cosine_loss,
-                                per_example_masked_cosine_loss, standardize_targets)
+                                per_example_masked_cosine_loss, pooled_cosine_loss,
+                                standardize_targets)
 from vit_jax.models.vit import ViT
 from vit_jax.objectives.base import Batch, Extra, Objective, Params, backbone_kwargs, no_head
 
@@ -45,6 +46,8 @@ class EVAObjective(Objective):
         mask_count=0,              # > 0: exactly this many patches (EVA-01: 105 of 256)
         min_block=16,              # smallest block of the block-wise masks (EVA-01: 16)
         init_std=0.02,             # EVA's truncated-normal init (EVA-g: 0.015)
+        cls_weight=0.0,            # 0 (EVA: the class token has no target) | > 0: adds cls_weight x
+                                   # -cos(head(class token), the mean target token), not EVA's
     )
     backbone_key = ("encoder",)
 
@@ -62,6 +65,12 @@ class EVAObjective(Objective):
         if not isinstance(self.backbone, ViT):
             raise ValueError(f"EVA needs a ViT student; {config.model_name!r} is a "
                              f"{type(self.backbone).__name__}. Choose a vit_* model_name.")
+        self.cls_weight = float(e.cls_weight)
+        if self.cls_weight < 0:
+            raise ValueError(f"eva.cls_weight={e.cls_weight} must be >= 0 (0: EVA's, no class-token target).")
+        if self.cls_weight > 0 and not self.backbone.class_token:
+            raise ValueError(f"eva.cls_weight={e.cls_weight} regresses the class token, and "
+                             f"{config.model_name!r} has none: set model.class_token=True or eva.cls_weight=0.")
         self.grid = self.backbone.base_grid
         num_patches = self.grid[0] * self.grid[1]
         self.count = masking.num_masked(num_patches, e.mask_ratio, e.mask_count)
@@ -70,7 +79,8 @@ class EVAObjective(Objective):
         self.teacher = teachers.load(e.teacher, jnp.dtype(e.teacher_dtype), str(e.teacher_view))
         self.teacher.check_student(self.grid, int(info.image_shape[2]))
         self.frozen_extra = {"teacher": self.teacher.variables["params"]}
-        self.model = MaskedFeatureStudent(encoder=self.backbone, target_dim=self.teacher.dim)
+        self.model = MaskedFeatureStudent(encoder=self.backbone, target_dim=self.teacher.dim,
+                                          with_cls=self.cls_weight > 0)
         self.student_stats = transforms_lib.normalization_stats(config.data.train_transform)
         self.eval_mask = self._draw(np.random.default_rng(EVAL_MASK_SEED))
 
@@ -107,12 +117,23 @@ class EVAObjective(Objective):
         images, mask = batch["image"], batch["patch_mask"]
         pred = self.model.apply({"params": params}, images, mask, train=True,
                                 rngs={"dropout": rng})
-        loss = masked_cosine_loss(pred, self._targets(extra, images), mask)
-        return loss, ({"loss": loss}, extra)
+        targets = self._targets(extra, images)
+        if not self.cls_weight:
+            loss = masked_cosine_loss(pred, targets, mask)
+            return loss, ({"loss": loss}, extra)
+        patches = masked_cosine_loss(pred[:, 1:], targets, mask)
+        cls = jnp.mean(pooled_cosine_loss(pred[:, 0], targets))
+        loss = patches + self.cls_weight * cls
+        return loss, ({"loss": loss, "loss_patches": patches, "loss_cls": cls}, extra)
 
     def eval_metrics(self, params: Params, extra: Extra, batch: Batch) -> dict[str, Array]:
         images = batch["image"]
         mask = jnp.broadcast_to(jnp.asarray(self.eval_mask), (images.shape[0], self.eval_mask.size))
         pred = self.model.apply({"params": params}, images, mask, train=False)
-        return {"loss": per_example_masked_cosine_loss(pred, self._targets(extra, images), mask)}
+        targets = self._targets(extra, images)
+        if not self.cls_weight:
+            return {"loss": per_example_masked_cosine_loss(pred, targets, mask)}
+        patches = per_example_masked_cosine_loss(pred[:, 1:], targets, mask)
+        cls = pooled_cosine_loss(pred[:, 0], targets)
+        return {"loss": patches + self.cls_weight * cls, "loss_patches": patches, "loss_cls": cls}
 
