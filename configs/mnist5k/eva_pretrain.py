@@ -30,6 +30,11 @@ fine-tune 98.2 on the class token (97.7 on the mean patch token). Re-run after t
 84.7 / 83.6 (probe 91.6). The class token has no target of its own here, so its k-NN varies from
 run to run; the mean patch token's is steadier (90.8, 90.6, 92.1) and the probe beats the pixels'
 90.4 in all three runs (96.5, 95.7, 91.6).
+With today's quickstart teacher (97.5%), seed 1: 89.7 / 89.0, probe 91.5.
+A class-token target (--config.eva.cls_weight=1.0, not EVA's: the class token through the head
+regresses the mean teacher target token), seeds 0, 1, 2: 95.0, 96.1, 93.1 (94.73 +- 1.52), probe
+95.0, 96.3, 92.5: steadier than EVA's class token but above the pixels in one seed of three;
+weight 3 is worse: 95.9, 90.4, 85.9, probe 95.3, 91.8, 88.7.
 The teacher shown 49 px (--config.eva.teacher_view=student), 20 epochs: 79.6 / 79.7, probe 80.8,
 fine-tune 94.5; native, 20 epochs: 81.1 / 79.5, fine-tune 95.6. DINOv2 teacher: 53.1 / 52.4, 52.3,
 83.9.
