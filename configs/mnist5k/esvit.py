@@ -41,9 +41,8 @@ is not reached in 20 epochs. The official facebookresearch/dino code on this rec
 bar (32 min 37 s alone). EsViT (vr,vit) on this recipe, seeds 0-2: 93.5, 94.7, 93.8 (94.00 +- 0.62),
 not above DINO; the official microsoft/esvit code on it (benchmarks/official_esvit_mnist5k.py, seeds
 0-2): 93.8, 93.7, 93.2 against its DINO's 95.3, 94.3, 94.7, so V+R >= V fails on the ViT in the
-reference too;
-with --config.esvit.region_min_std=0.1: 92.9 / 92.7. DINO's blur at the digits' pixel size (--config.esvit.blur_sigma="(0.8, 16.0)"):
-93.3 / 93.2. EMA 0.9: 93.8 / 94.0 (student 94.3); 0.98 and 0.8 start between (README).
+reference too; with --config.esvit.region_min_std=0.1: 92.9 / 92.7. DINO's blur at the digits'
+pixel size (--config.esvit.blur_sigma="(0.8, 16.0)"): 93.3 / 93.2. EMA 0.9: 93.8 / 94.0 (student 94.3); 0.98 and 0.8 start between (README).
 Everything below was measured with the earlier EMA 0.99 (add --config.esvit.momentum_teacher=0.99
 to reproduce it): 93.4 / 93.4 after 20 epochs
 (83.3 after one, 90.3 after 5, 92.1 after 10, 93.3 after 15; student 93.0 / 92.9;
