@@ -15,6 +15,12 @@ pickle (transforms.SpecTransform, validate.MethodStep); `data.workers=0` makes t
 this process (read threads only). One map call per batch, not per row: a batch's records are
 read together (tfds array_record's `__getitems__`), and grain's per-element bookkeeping is paid
 once per batch.
+
+A worker that dies while running stops the stream with grain's RuntimeError ("terminated
+unexpectedly") within seconds. One that dies while still starting, before it has read the
+pickled dataset its parent writes into its pipe (megabytes for an in-memory source), hangs the
+parent inside multiprocessing's spawn (grain 0.2.18 keeps the pipe's read end open): a kill in
+the first moments of a run is the one case that hangs instead of failing.
 """
 from __future__ import annotations
 
