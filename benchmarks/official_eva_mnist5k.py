@@ -30,7 +30,10 @@ grid, exactly what our objective regresses (EVAObjective._targets, same function
 What it changes (only what a 28x28x1 dataset and our recipe force; nothing in the training logic)
     * Model: img_size 28, patch 4, in_chans 1, width 128, depth 6, 4 heads, mlp_ratio 2, qkv bias,
       LayerNorm eps 1e-6, init_std 0.02, no layer scale (layer_scale_init_value 0, its default),
-      predict_feature_dim = the teacher's width: the parameter count of our student is printed.
+      predict_feature_dim = the teacher's width: 819,712 trainable parameters with the 128-d digit
+      teacher, ours 820,480. The 768 apart are our key biases (6 blocks x 128): EVA's attention
+      (BEiT's) has query and value biases only. A key bias adds q.b to every logit of a query
+      alike, which the softmax cancels, so the two compute the same functions.
     * Masks: MaskingGenerator((7, 7), num_masking_patches=20, min_num_patches=4): ours (40% of 49,
       blocks of at least 4; EVA-01: 105 of 256, at least 16). masking_generator uses np.int
       (gone from numpy 2): np.int = int while this script runs.
@@ -63,6 +66,11 @@ Command line (full run; defaults are configs/mnist5k/eva_pretrain.py's recipe)
         --eva_repo /tmp/eva_official/EVA-01/eva --teacher workdir:workdirs/quickstart \
         --epochs 60 --seed 0 --out workdirs/official/eva_60ep.jsonl
 Smoke test: the same with --epochs 1 --out '' (about a minute).
+Measured (2026-12-06, today's quickstart teacher, 97.5%; seeds 0, 1, 2, three side by side on the
+2-core CPU, torch on 1 thread each, 31 min 18 s, 31 min 13 s, 31 min 13 s): class-token k-NN
+(k=10 / 20) 94.4 / 94.1, 83.8 / 83.8, 95.6 / 95.9 (88.3, 74.9, 89.4 at epoch 20; 92.5, 81.5, 94.8
+at 40); mean patch token 92.5, 90.1, 92.5. README's small-data table puts them beside ours.
+
 Output: a JSON line per epoch (mean loss, steps, times; k-NN top-1 as fractions
 knn_{cls,gap}_k{10,20} when evaluated) and a last line `final: {...}`, appended to --out.
 """
