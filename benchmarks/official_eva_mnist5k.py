@@ -95,9 +95,8 @@ from torch import nn
 
 from official_dino_data import MNIST_MEAN, MNIST_STD, Mnist5kPIL, eval_transform
 from official_dino_mnist5k import _cpu_shims, _import_torchvision_python_only
-from official_mae_mnist5k import write_final
+from official_mae_mnist5k import knn_eval, write_final
 from vit_jax import teachers
-from vit_jax.evaluate.knn import knn_predict
 
 GRID = (7, 7)
 
@@ -217,25 +216,6 @@ def encoder_features(model: nn.Module, imgs: torch.Tensor) -> tuple[torch.Tensor
     return x[:, 0], x[:, 1:].mean(dim=1)
 
 
-def knn_eval(model: nn.Module, memory, queries, ks: tuple[int, ...] = (10, 20)) -> dict:
-    """Weighted k-NN top-1 (fractions; cosine, T=0.07) on the class and mean patch tokens."""
-    was_training = model.training
-    model.eval()
-    feats = {}
-    for name, loader in (("memory", memory), ("query", queries)):
-        parts = [(*encoder_features(model, x), y) for x, y in loader]
-        feats[name] = {k: np.concatenate([p[i].numpy() for p in parts])
-                       for i, k in enumerate(("cls", "gap", "y"))}
-    model.train(was_training)
-    out = {}
-    for kind in ("cls", "gap"):
-        preds = knn_predict(feats["memory"][kind], feats["memory"]["y"], feats["query"][kind],
-                            num_classes=10, ks=ks, temperature=0.07)
-        for k in ks:
-            out[f"knn_{kind}_k{k}"] = round(float((preds[k] == feats["query"]["y"]).mean()), 4)
-    return out
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
@@ -302,7 +282,7 @@ def _train(args: argparse.Namespace) -> dict:
                "lr_last": stats["lr"], "grad_norm": round(float(stats["grad_norm"]), 4),
                "epoch_time_s": round(time.time() - t0, 1)}
         if epoch + 1 == args.epochs or (args.eval_every and (epoch + 1) % args.eval_every == 0):
-            rec.update(knn_eval(model, memory, queries))
+            rec.update(knn_eval(model, memory, queries, features=encoder_features))
             final = {k: v for k, v in rec.items() if k.startswith("knn_")}
         rec["wall_time_s"] = round(time.time() - start, 1)
         print(json.dumps(rec), flush=True)

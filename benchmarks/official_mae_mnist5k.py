@@ -97,6 +97,7 @@ import sys
 import time
 import types
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -238,15 +239,17 @@ def encoder_features(model: nn.Module, imgs: torch.Tensor) -> tuple[torch.Tensor
 
 
 def knn_eval(model: nn.Module, memory: torch.utils.data.DataLoader,
-             queries: torch.utils.data.DataLoader, ks: tuple[int, ...] = (10, 20)) -> dict:
-    """Weighted k-NN top-1 (fractions) on the class token ("cls") and mean patch token ("gap")."""
+             queries: torch.utils.data.DataLoader, ks: tuple[int, ...] = (10, 20),
+             features: Callable = encoder_features) -> dict:
+    """Weighted k-NN top-1 (fractions) on the class token ("cls") and mean patch token ("gap");
+    `features(model, images)` -> (class tokens, mean patch tokens), by default MAE's encoder."""
     was_training = model.training
     model.eval()
     feats = {}
     for name, loader in (("memory", memory), ("query", queries)):
         cls, gap, ys = [], [], []
         for x, y in loader:
-            c, g = encoder_features(model, x)
+            c, g = features(model, x)
             cls.append(c.numpy())
             gap.append(g.numpy())
             ys.append(y.numpy())
