@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# The PIL round trip, decoding, normalisation, RandAugment, random affine and random erasing live
+# The PIL round trip, decoding, normalisation, RandAugment, random affine / elastic / erasing live
 # in their own modules (which do not import this one).
 from vit_jax.data.image_decode import EncodedImage
 from vit_jax.data.normalization import (  # noqa: F401  (the presets: re-exported)
@@ -28,6 +28,7 @@ from vit_jax.data.normalization import (  # noqa: F401  (the presets: re-exporte
     INCEPTION_STD, MNIST_MEAN, MNIST_STD, STATS, get_stats, normalize)
 from vit_jax.data.pil_image import check_image as _check, from_pil, to_pil
 from vit_jax.data.random_affine import random_affine
+from vit_jax.data.random_elastic import random_elastic
 from vit_jax.data.random_erasing import MODES as ERASE_MODES, random_erasing
 from vit_jax.data.randaugment import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, rand_augment_pil
 from vit_jax.errors import DataError
@@ -168,13 +169,13 @@ def rand_augment(img: np.ndarray, num_ops: int = 2, magnitude: float = 9,
 OPS: dict[str, Callable[..., np.ndarray]] = {
     f.__name__: f for f in (random_resized_crop, random_flip, resize, center_crop,
                             resize_center_crop, random_crop_with_padding, rand_augment, normalize,
-                            to_rgb, to_gray, random_affine, random_erasing)}
+                            to_rgb, to_gray, random_affine, random_elastic, random_erasing)}
 AFTER_NORMALIZE = ("random_erasing",)   # ops on the normalised image, after `normalize`
 # first ops that take a file not decoded yet (data.decode="draft"): they decode only what they keep
 TAKES_ENCODED = (random_resized_crop, resize, resize_center_crop)
 ALIASES = {"rrc": "random_resized_crop", "flip": "random_flip",
            "pad_crop": "random_crop_with_padding", "randaug": "rand_augment",
-           "erase": "random_erasing", "affine": "random_affine"}
+           "erase": "random_erasing", "affine": "random_affine", "elastic": "random_elastic"}
 
 
 def _num(x: Any, integer: bool = False) -> bool:
@@ -202,6 +203,8 @@ _ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "std": (lambda v: all(_num(x) and x > 0 for x in v), "must be positive numbers"),
     "erase_mode": (lambda v: v in ERASE_MODES, f"must be one of {ERASE_MODES}"),
     "angle": (lambda v: _num(v) and 0 <= v < 90, "must be in [0, 90) degrees"),
+    "nonneg": (lambda v: _num(v) and v >= 0, "must be a number >= 0"),
+    "positive": (lambda v: _num(v) and v > 0, "must be a number > 0"),
     "shift": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2
               and all(_num(x) and 0 <= x <= 1 for x in v), "must be a pair of fractions in [0, 1]")}
 
@@ -219,7 +222,8 @@ _ARG_KINDS: dict[str, dict[str, str]] = {
                      "prob": "prob", "increasing": "flag"},
     "normalize": {"std": "std"},
     "random_erasing": {"p": "prob", "scale": "range", "ratio": "range", "mode": "erase_mode"},
-    "random_affine": {"degrees": "angle", "translate": "shift", "scale": "range", "shear": "angle"}}
+    "random_affine": {"degrees": "angle", "translate": "shift", "scale": "range", "shear": "angle"},
+    "random_elastic": {"alpha": "nonneg", "sigma": "positive"}}
 
 
 def _check_args(op: str, name: str, a: dict[str, Any]) -> None:
