@@ -47,6 +47,7 @@ import numpy as np
 
 from vit_jax.models.layers import (Attention, DropPath, Dtype, MlpBlock, TokenDense, check_images, make_norm,
                                    pair)
+from vit_jax.models.max_pool import max_pool_2d
 from vit_jax.models.posemb import resize_pos_embed
 from vit_jax.models.registry import register, register_pattern
 from vit_jax.models.torch_init import default_bias, trunc_normal, trunc_normal_002
@@ -109,9 +110,8 @@ class ConvTokenizer(nn.Module, kw_only=True):
                         param_dtype=self.param_dtype, name=f"conv_{i}")(x)
             if self.relu:
                 x = jax.nn.relu(x)
-            if self.max_pool:  # flax pads a max-pool with -inf, as torch's MaxPool2d does
-                x = nn.max_pool(x, (self.maxpool_kernel,) * 2, strides=(self.maxpool_stride,) * 2,
-                                padding=((mp, mp), (mp, mp)))
+            if self.max_pool:  # -inf padding and torch's gradient, without select-and-scatter
+                x = max_pool_2d(x, self.maxpool_kernel, self.maxpool_stride, mp)
         b, h, w, d = x.shape
         return x.reshape(b, h * w, d)
 
