@@ -62,13 +62,14 @@ def test_mnist5k_deit_is_taught_by_the_resnet_anchor_by_default():
 def test_config_args_parse_and_bad_ones_name_the_options():
     c = load("mnist5k/cct.py", "vit,seed=2")
     assert (c.model_name, c.seed, c.model.width) == ("vit_tiny_patch4_28", 2, 128)
-    assert c.data.train_transform.startswith("random_affine(")
+    assert c.data.train_transform.startswith("random_affine(15,")   # the shipped wider warps
+    assert load("mnist5k/cct.py", "aug=affine").data.train_transform.startswith("random_affine(10,")
     assert load("mnist5k/resnet.py", "aug=shift").data.train_transform.startswith("pad_crop(")
     for arg, word in [("seed=x", "seed='x'"), ("resnet", "'resnet' is not an option"),
                       ("aug=rotate", "aug='rotate'"), ("lr=3", "'lr=3' is not an option")]:
         with pytest.raises(ValueError, match=word) as e:
             load("mnist5k/cct.py", arg)
-        assert "model=cct|vit_lite|vit_lite_seqpool|vit,seed=N,aug=shift|affine" in str(e.value)
+        assert "model=cct|cct_3x2|vit_lite|vit_lite_seqpool|vit,seed=N,aug=shift|affine|affine15" in str(e.value)
 
 
 def test_cifar_recipes_are_the_papers():

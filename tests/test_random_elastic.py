@@ -74,6 +74,13 @@ def test_the_same_rng_gives_the_same_warp_and_another_a_different_one():
     assert one.dtype == np.uint8 and one.shape == a.shape
 
 
+def test_p_applies_it_to_that_fraction_of_the_images():
+    a, rng = _digit(), np.random.default_rng(6)
+    changed = [not np.array_equal(random_elastic(a, p=0.3, rng=rng), a) for _ in range(2000)]
+    assert np.mean(changed) == pytest.approx(0.3, abs=0.04)   # 6 sigma of a binomial(2000, 0.3)
+    assert np.array_equal(random_elastic(a, p=0.0, rng=rng), a)
+
+
 def test_spec_op_and_its_argument_checks():
     fn = T.build("affine(10, (0.1, 0.1), (0.9, 1.1))|elastic(34, 4)|normalize('mnist')")
     assert fn.random_ops == ["random_affine", "random_elastic"]
@@ -81,5 +88,7 @@ def test_spec_op_and_its_argument_checks():
     assert out["image"].shape == (28, 28, 1) and out["image"].dtype == np.float32
     with pytest.raises(ValueError, match="sigma=0"):
         T.build("random_elastic(34, 0)")
+    with pytest.raises(ValueError, match="p=1.5"):
+        T.build("random_elastic(34, 4, 1.5)")
     with pytest.raises(ValueError, match="alpha=-1"):
         T.build("random_elastic(-1, 4)")

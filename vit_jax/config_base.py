@@ -153,7 +153,9 @@ MNIST5K_MODEL = dict(width=128, depth=6, num_heads=4, mlp_dim=256)
 # LeCun-style affine warps (vit_jax/data/random_affine.py: +-10 degrees, +-10% shifts, scale
 # 0.9-1.1), the invariances 4,000 digits cannot show on their own.
 MNIST5K_AUGS = {"shift": "pad_crop(28, 2)|normalize('mnist')",
-                "affine": "random_affine(10, (0.1, 0.1), (0.9, 1.1))|normalize('mnist')"}
+                "affine": "random_affine(10, (0.1, 0.1), (0.9, 1.1))|normalize('mnist')",
+                # wider warps: +-15 degrees, scale 0.85-1.15, shear 10 (CCT's shipped recipe)
+                "affine15": "random_affine(15, (0.1, 0.1), (0.85, 1.15), 10)|normalize('mnist')"}
 
 
 def parse_config_arg(arg: str, **options: tuple[object, tuple | None]) -> dict[str, object]:

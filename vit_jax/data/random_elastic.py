@@ -5,7 +5,8 @@ Every pixel moves by a random displacement that is smooth across the image: unif
 Where an affine warp bends the whole digit one way, this bends each stroke a little differently,
 the variation of handwriting itself, which a 4,000-digit training set shows too little of.
 Simard et al. use sigma = 4, alpha = 34 on 28-px digits (a displacement of about 1.4 px rms).
-Spec: "random_affine(10, (0.1, 0.1), (0.9, 1.1))|random_elastic(34, 4)|normalize('mnist')".
+Spec: "random_affine(10, (0.1, 0.1), (0.9, 1.1))|random_elastic(34, 4)|normalize('mnist')"; a third
+argument p applies it to that fraction of the images only.
 """
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def displace(img: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def random_elastic(img: np.ndarray, alpha: float = 34.0, sigma: float = 4.0, *,
+def random_elastic(img: np.ndarray, alpha: float = 34.0, sigma: float = 4.0, p: float = 1.0, *,
                    rng: np.random.Generator) -> np.ndarray:
-    """(H, W, C) uint8 -> the same, displaced by one draw of `elastic_field`."""
+    """(H, W, C) uint8 -> the same, displaced by one draw of `elastic_field` with probability p
+    (else unchanged)."""
+    if p < 1.0 and rng.random() >= p:
+        return img
     return displace(img, *elastic_field(rng, img.shape[:2], alpha, sigma))

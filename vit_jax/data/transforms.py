@@ -223,7 +223,7 @@ _ARG_KINDS: dict[str, dict[str, str]] = {
     "normalize": {"std": "std"},
     "random_erasing": {"p": "prob", "scale": "range", "ratio": "range", "mode": "erase_mode"},
     "random_affine": {"degrees": "angle", "translate": "shift", "scale": "range", "shear": "angle"},
-    "random_elastic": {"alpha": "nonneg", "sigma": "positive"}}
+    "random_elastic": {"alpha": "nonneg", "sigma": "positive", "p": "prob"}}
 
 
 def _check_args(op: str, name: str, a: dict[str, Any]) -> None:
