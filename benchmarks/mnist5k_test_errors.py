@@ -4,8 +4,8 @@
 
 Each WORKDIR is a supervised vit_jax run (any backbone with a head); its final checkpoint
 classifies the test split with the run's own normalisation. Prints, per run, the accuracy and
-the test indices it misses; then the indices that all runs miss and those that some miss, with
-how many runs miss each. --png writes the digits that all runs miss in a row, at 3x size.
+the test indices it misses; then the indices that all runs miss, with the label and each run's
+reading, and those that some miss, with how many runs miss each. --png writes the digits that all runs miss in a row, at 3x size.
 """
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def test_split() -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(len(ds), 28, 28, 1), labels
 
 
-def misses(workdir: str, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> list[int]:
+def predictions(workdir: str, images: np.ndarray, batch: int = 250) -> np.ndarray:
+    """(N,) the run's predicted classes."""
     clf = teachers.load_classifier("workdir:" + workdir)
     mean, std = np.asarray(clf.mean, np.float32), np.asarray(clf.std, np.float32)
     logits = jax.jit(lambda v, x: clf.logits(v, x, clf.mean, clf.std))
-    preds = np.concatenate([
+    return np.concatenate([
         np.asarray(logits(clf.variables, jnp.asarray((images[i:i + batch] / 255.0 - mean) / std,
                                                       jnp.float32))).argmax(1)
         for i in range(0, len(images), batch)])
-    return np.nonzero(preds != labels)[0].tolist()
 
 
 def main() -> None:
@@ -47,12 +47,15 @@ def main() -> None:
     a = ap.parse_args()
     images, labels = test_split()
     counts: collections.Counter[int] = collections.Counter()
+    preds = {}
     for wd in a.workdirs:
-        wrong = misses(wd, images, labels)
+        preds[wd] = predictions(wd, images)
+        wrong = np.nonzero(preds[wd] != labels)[0].tolist()
         counts.update(wrong)
         print(f"{wd}: accuracy {1 - len(wrong) / len(labels):.3f}, misses {wrong}")
     every = sorted(i for i, n in counts.items() if n == len(a.workdirs))
-    print(f"missed by all {len(a.workdirs)} runs ({len(every)}): {every}, labels {labels[every].tolist()}")
+    print(f"missed by all {len(a.workdirs)} runs ({len(every)}): " + ", ".join(
+        f"{i} (a {labels[i]} read as {'/'.join(str(p[i]) for p in preds.values())})" for i in every))
     print("missed by some (index: runs): " + ", ".join(
         f"{i}: {n}" for i, n in sorted(counts.items()) if n < len(a.workdirs)))
     if a.png and every:

@@ -3,10 +3,10 @@
 Forward: `lax.reduce_window` max over the -inf-padded input (flax's nn.max_pool, torch's
 MaxPool2d). Backward: every output's gradient goes to the FIRST maximum of its window in
 row-major order, as torch's CPU and CUDA kernels choose it (ties are common after a ReLU and on
-flat image regions). XLA:CPU lowers the autodiff rule (select-and-scatter) to a scalar loop:
-4-5x slower than the tokenizer's conv forward for CCT on 28-px digits, about a fifth of the whole
-train step. Here the backward is k*k compares and strided pads, vectorised: 5x faster on the
-2-core CPU (BENCHMARKS.md; `python benchmarks/max_pool_step.py`).
+flat image regions). XLA:CPU runs the autodiff rule, select-and-scatter, slowly; here
+the backward is k*k compares and strided pads, vectorised. On the 2-core CPU: the pool's backward
+2.9x faster, the CCT-4/3x2 gradient step on 28-px digits 1.18x (BENCHMARKS.md;
+`python benchmarks/max_pool_step.py`).
 """
 from __future__ import annotations
 
