@@ -12,8 +12,9 @@ parameters), "cct_3x2" (CCT-4/3x2, the previous shipped model: two conv + max-po
 tokens, 0.48M), "vit_lite" (the same encoder on 4x4 patches with a class token: ViT-Lite-4/4,
 0.41M), "vit_lite_seqpool" (ViT-Lite with SeqPool: the paper's CVT-4/4, 0.41M) or "vit" (the
 shared small-data ViT: 4x4 patches, width 128, depth 6, 0.8M).
-Why this size (XLA's cost analysis, FLOPs per 28-px training image, forward and backward):
-CCT-7/3x1 keeps 196 tokens of width 256, 5.3 GFLOP; CCT-4/3x2 0.22; CCT-4/3x3 0.10, with the
+Why this size (XLA's cost analysis of the train step per 28-px training image,
+`python -m vit_jax.bench --model cct_4_3x3_28 --batch 128 --aot --devices 0`, gflop_per_device / 128):
+CCT-7/3x1 keeps 196 tokens of width 256, 5.3 GFLOP; CCT-4/3x2 0.22; CCT-4/3x3 0.11, with the
 CNN anchor's three downsampling stages in its tokenizer. On the 2-core CPU only the CCT-2/4 class
 fits the 10-minute budget of the CNN anchor, and the third conv stage is what lifts CCT to the
 CNN: 99.13 against 98.80 for CCT-4/3x2 on the same recipe, in half the time.
