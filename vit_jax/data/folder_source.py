@@ -1,7 +1,7 @@
 """Image-folder source: root/CLASS/*.png|jpg|jpeg or root/SPLIT/CLASS/*.png|jpg|jpeg (host side).
 
 Also the two index/split checks every source shares (vit_jax/data/sources.py imports them from
-here, so this module depends on nothing of vit_jax but the errors and image_decode).
+here, so this module depends on nothing of vit_jax but the errors, image_decode and path_table).
 
 An unreadable file (truncated, corrupt, not an image) raises DataError naming it, or, with
 ``skip_bad_images=True``, is replaced by the next readable file (wrapping around): a pure function
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from vit_jax.data.image_decode import (  # noqa: F401  (DECODE_ERRORS, describe_failure: re-exported)
     DECODE_ERRORS, EncodedImage, decode_file, describe_failure, file_format)
+from vit_jax.data.path_table import PathTable
 from vit_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -68,32 +69,6 @@ def folder_layout(root: str) -> tuple[list[str], list[str]]:
     return ["all"], top
 
 
-class PathTable:
-    """The files of a folder as numpy arrays, not a list of Python strings: one byte string per
-    name and a class-directory index (about the names' bytes, where a list of str costs ~75 bytes
-    more per file), so a million-image folder pickles to each worker process cheaply.
-    Reads like a list of paths: len, [j], iteration, ==."""
-
-    def __init__(self, dirs: Sequence[str], names: Sequence[Sequence[str]]):
-        self.dirs = list(dirs)
-        # fixed-width bytes (numpy "S"): names padded to the longest, no per-name object
-        self.names = np.asarray([n.encode("utf-8", "surrogateescape") for ns in names for n in ns], dtype=bytes)
-        self.dir_index = np.repeat(np.arange(len(dirs), dtype=np.int32), [len(ns) for ns in names])
-
-    def __len__(self) -> int:
-        return len(self.dir_index)
-
-    def __getitem__(self, j: int) -> str:
-        j = int(j)
-        return os.path.join(self.dirs[self.dir_index[j]], self.names[j].decode("utf-8", "surrogateescape"))
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[j] for j in range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, tuple, PathTable)) else NotImplemented
-
-
 class ImageFolderSource:
     """Images decoded lazily with PIL, always converted to RGB: (H, W, 3) uint8.
 
@@ -121,25 +96,25 @@ class ImageFolderSource:
         base = root if split == "all" else os.path.join(root, split)
         self.root, self.split, self.num_classes = root, split, len(self.classes)
         self.image_shape: tuple[int, int, int] | None = None
-        dirs, names, labels = [], [], []
-        for label, cls in enumerate(self.classes):
-            cdir = os.path.join(base, cls)
-            if os.path.isdir(cdir):
-                found = _images_in(cdir)
-                dirs.append(cdir)
-                names.append(found)
-                labels += [label] * len(found)
-        self.files = PathTable(dirs, names)
+        # one directory per class, in label order (a class this split lacks lists no files), so a
+        # file's directory id is its label; listed one class at a time (path_table.py)
+        dirs = [os.path.join(base, cls) for cls in self.classes]
+        self.files = PathTable(dirs, (_images_in(d) if os.path.isdir(d) else [] for d in dirs))
         if not len(self.files):
             raise ValueError(f"no .png/.jpg/.jpeg images under {base!r}; {FOLDER_LAYOUT}")
-        self.labels = np.asarray(labels, np.int64)
         self.skip_bad_images = bool(skip_bad_images)
         self.skipped = 0
         self._bad: set[int] = set()
         self._lock = threading.Lock()  # the pipeline reads from a thread pool
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Each file's label (int32, memory-mapped): its class directory's id in `files`."""
+        return self.files.dir_index
+
     def __getstate__(self) -> dict[str, Any]:
-        # worker processes (data.loader="grain") receive the source by pickle: not its lock
+        # worker processes (data.loader="grain") receive the source by pickle: not its lock; its
+        # files pickle as the name of their index (path_table.py), whatever their number
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -148,6 +123,12 @@ class ImageFolderSource:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def unreadable(self) -> frozenset[int]:
+        """The indices of the files met unreadable so far (skip_bad_images=True): each batch
+        reports the new ones, for the run's count (vit_jax/data/skipped_files.py)."""
+        with self._lock:
+            return frozenset(self._bad)
 
     def _bad_file(self, j: int, why: str) -> None:
         """File j is unreadable: DataError naming it, or (skip_bad_images) remember it and note it
