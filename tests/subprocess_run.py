@@ -66,3 +66,16 @@ def children(pid: int) -> list[int]:
             if fields[0] != "Z" and int(fields[1]) == pid:
                 out.append(int(name))
     return out
+
+
+def spawned_workers(pid: int) -> set[int]:
+    """The live children of `pid` that multiprocessing's spawn started (grain's worker processes)."""
+    found = set()
+    for k in children(pid):
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.add(k)
+        except OSError:
+            continue
+    return found

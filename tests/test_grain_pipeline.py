@@ -36,8 +36,8 @@ def test_grain_batches_equal_the_thread_pipeline_for_any_workers_and_processes(p
     steps = [0, 1, 2, 87, 88]   # 87 / 88: across the first epoch's end (1,397 examples)
     want = {s: ref.batch_at(s) for s in steps}
     ref.close()
-    # in this process (workers=0) and with 2 worker processes, started at a later step
-    for workers in (0, 2):
+    # in this process (workers=0) and with 1 and 2 worker processes, started at a later step
+    for workers in (0, 1, 2):
         g = grain_pipeline.GrainTrainPipeline(p.train_source, p.train_transform, b, cfg.seed,
                                               workers=workers, drop_remainder=drop)
         _equal(next(g), want[0])
@@ -48,13 +48,15 @@ def test_grain_batches_equal_the_thread_pipeline_for_any_workers_and_processes(p
         assert g.state() == {"step": 89} and g.epoch(89) == pytest.approx(
             89 / steps_per_epoch(len(p.train_source), b, drop))
         g.close()
-    # two processes, each its half of the global batch
+    # two processes, each its half of the global batch (made by a worker process of its own)
     halves = [grain_pipeline.GrainTrainPipeline(p.train_source, p.train_transform, b, cfg.seed, i, 2,
-                                                workers=0, start_step=2, drop_remainder=drop)
+                                                workers=1, start_step=2, drop_remainder=drop)
               for i in range(2)]
     rows = [next(h) for h in halves]
     _equal({k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, want[2])
     _equal(halves[1].batch_at(87), {k: v[8:] for k, v in want[87].items()})
+    for h in halves:
+        h.close()
 
 
 def test_grain_eval_batches_equal_the_thread_eval_batches(plan):
@@ -100,24 +102,12 @@ def test_a_worker_killed_stops_the_stream_with_an_error_not_a_hang(plan):
     """A worker killed while running: the next batches raise grain's error within seconds.
 
     The kill comes after each worker has delivered a batch (grain interleaves the workers in
-    turn, so two batches): a worker killed while still being started, before it has read the
-    pickled dataset its parent writes into its pipe, hangs the parent in multiprocessing's
-    spawn write (grain 0.2.18 keeps the pipe's read end open), a race this test once hit in CI."""
+    turn, so two batches); a worker killed while still starting is tests/test_worker_watch.py's."""
     cfg, p = plan
-    def workers():
-        found = set()
-        for k in subprocess_run.children(os.getpid()):
-            try:
-                with open(f"/proc/{k}/cmdline", "rb") as f:
-                    if b"spawn_main" in f.read():
-                        found.add(k)
-            except OSError:
-                continue
-        return found
-    before = workers()
+    before = subprocess_run.spawned_workers(os.getpid())
     g = grain_pipeline.GrainTrainPipeline(p.train_source, p.train_transform, 16, cfg.seed, workers=2)
     next(g), next(g)
-    mine = sorted(workers() - before)
+    mine = sorted(subprocess_run.spawned_workers(os.getpid()) - before)
     assert len(mine) == 2
     os.kill(mine[0], signal.SIGKILL)
     t = time.time()

@@ -16,14 +16,16 @@ this process (read threads only). One map call per batch, not per row: a batch's
 read together (tfds array_record's `__getitems__`), and grain's per-element bookkeeping is paid
 once per batch.
 
-A worker that dies while running stops the stream with grain's RuntimeError ("terminated
-unexpectedly") within seconds. One that dies while still starting, before it has read the
-pickled dataset its parent writes into its pipe (megabytes for an in-memory source), hangs the
-parent inside multiprocessing's spawn (grain 0.2.18 keeps the pipe's read end open): a kill in
-the first moments of a run is the one case that hangs instead of failing.
+A worker process that dies (killed, out of memory, crashed) stops the stream within seconds with
+worker_watch.WorkerDied, a RuntimeError naming the process, its exit code or signal and
+data.workers, also where grain alone would wait forever (a worker killed while still starting, or
+halfway through sending a batch: vit_jax/data/worker_watch.py). A worker that crashes in C prints
+its Python stack first (faulthandler); a Python error in a worker reaches the run with its
+traceback, through grain.
 """
 from __future__ import annotations
 
+import faulthandler
 import functools
 import os
 import threading
@@ -34,15 +36,17 @@ import grain
 import numpy as np
 from absl import flags
 
-from vit_jax.data import pipeline
+from vit_jax.data import pipeline, worker_watch
 
 _STEPS = 2**62    # an endless stream: grain's range is lazy
 
 
-def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
-    """grain's worker_init_fn: a worker whose parent run dies (e.g. SIGKILL) exits within a second
+def _init_worker(parent: int, worker_index: int, worker_count: int) -> None:
+    """grain's worker_init_fn: a worker that crashes (a signal such as SIGSEGV) prints its Python
+    stack for the run's log; one whose parent run dies (e.g. SIGKILL) exits within a second
     instead of living on as an orphan holding memory and a core."""
     del worker_index, worker_count
+    faulthandler.enable()
 
     def watch():
         while os.getppid() == parent:
@@ -58,7 +62,9 @@ def _iterate(ds: Any, read_threads: int, workers: int, prefetch: int) -> Iterato
     if workers:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=max(prefetch, 1)),
-                            worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+                            worker_init_fn=functools.partial(_init_worker, os.getpid()))
+        if worker_watch.SUPPORTED:   # a dead worker: an error, not a wait without end
+            return worker_watch.WatchedIterator(functools.partial(iter, it), workers)
     return iter(it)
 
 
