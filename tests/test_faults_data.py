@@ -4,6 +4,7 @@ before any compile where it can be known, and nothing on disk changes."""
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ from tests import subprocess_run
 from tests.disk import snapshot
 from tests.tiny_config import get_config
 from vit_jax import config_base, train, validate
-from vit_jax.data import folder_source, grain_pipeline, pipeline, sources, transforms
+from vit_jax.data import folder_source, grain_pipeline, pipeline, skipped_files, sources, transforms
 from vit_jax.errors import ConfigError, DataError
 
 HINT = "remove or replace the file, or set data.skip_bad_images=True to skip unreadable files"
@@ -353,3 +354,43 @@ def test_bad_image_in_a_grain_worker_stops_the_run_with_its_file(tmp_path):
             next(g)
     g.close()
     assert isinstance(e.value, DataError) or "DataError" in repr(e.value) + str(e.value)
+
+
+@pytest.mark.parametrize("loader", ["threads", "grain"])
+def test_skipped_images_are_counted_in_the_metrics_by_either_loader(tmp_path, loader):
+    """data.skip_bad_images=True: metrics.jsonl logs data/skipped_images, the distinct unreadable
+    files the batches met, also when grain's worker processes (each its own copy of the source)
+    met them."""
+    root = tmp_path / "imgs"
+    for i in range(6):
+        _image(root / "a" / f"{i}.png", seed=i)
+    _garbage_png(root / "b" / "7.png")
+    _truncated_jpeg(root / "b" / "8.jpg", size=(8, 8))
+    c = _folder_config(root)
+    c.data.skip_bad_images, c.data.loader, c.data.workers = True, loader, 2
+    c.total_steps, c.checkpoint_every, c.eval_every = 4, 0, 0
+    c.batch_size = 8   # every batch holds every file
+    wd = tmp_path / "wd"
+    train.run(c, str(wd))
+    rows = [json.loads(line) for line in open(wd / "metrics.jsonl")]
+    counts = [r["data/skipped_images"] for r in rows if "data/skipped_images" in r]
+    assert counts and counts[-1] == 2
+    assert counts == sorted(counts)
+
+
+def test_batches_carry_the_unreadable_files_they_found(tmp_path):
+    """A batch lists the files it found unreadable (once: the next batch does not repeat them);
+    `SkippedFiles.take` removes the entry before the devices see the batch."""
+    root = tmp_path / "imgs"
+    for i in range(3):
+        _image(root / "a" / f"{i}.png", seed=i)
+    _garbage_png(root / "b" / "9.png")
+    src = sources.image_folder(str(root), skip_bad_images=True)
+    make = pipeline.TrainBatch.of_process(src, transforms.build("normalize('none')"), 4, 0, 0, 1, False)
+    first, second = make(0), make(1)
+    np.testing.assert_array_equal(first[skipped_files.KEY], [3])
+    assert skipped_files.KEY not in second
+    count = skipped_files.SkippedFiles()
+    assert set(count.take(first)) == {"image", "label"} and len(count) == 1
+    count.take(dict(first, **{skipped_files.KEY: np.array([3])}))
+    assert len(count) == 1   # a union: a file met again (another worker's copy) counts once

@@ -72,6 +72,28 @@ def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
     assert starts[1]["image_decoder"]["pil"] and starts[1]["data_loader"]["loader"] == "threads"
 
 
+def test_resume_notes_a_changed_image_decoder(finished_run, tmp_path, capsys):
+    """A resume in an environment whose PIL / libjpeg differ from the last start's says so (the
+    pixels of JPEG files may change); the same decoder says nothing."""
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run[0], workdir)
+    env = os.path.join(workdir, "environment.jsonl")
+    starts = [json.loads(line) for line in open(env)]
+    starts[-1]["image_decoder"]["libjpeg_turbo"] = "0.0.1"
+    with open(env, "w") as f:
+        f.write("".join(json.dumps(s) + "\n" for s in starts) + '{"torn": \n')  # a torn last line is passed over
+    cfg = get_config()
+    cfg.total_steps = 14
+    train.run(cfg, workdir)
+    now = json.loads(open(env).read().splitlines()[-1])["image_decoder"]["libjpeg_turbo"]
+    assert f"image decoder differs from the one this run started with (libjpeg_turbo 0.0.1 -> {now})" \
+        in capsys.readouterr().out
+    cfg.total_steps = 16
+    train.run(cfg, workdir)
+    assert "image decoder differs" not in capsys.readouterr().out
+
+
 def _plan_and_state(cfg):
     plan = validate.validate(cfg)
     ex = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in plan.example.items()}

@@ -7,6 +7,7 @@ beside the library versions, the devices and the data loader.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import time
 from typing import Any
@@ -39,5 +40,30 @@ def describe(config: Any) -> dict[str, Any]:
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
         "data_loader": {k: data.get(k) for k in ("loader", "workers", "read_threads", "prefetch",
-                                                 "device_prefetch")},
+                                                 "device_prefetch", "decode", "wire")},
     }
+
+
+def last_start(path: str) -> dict[str, Any] | None:
+    """The newest readable line of an environment.jsonl, or None (no file, or none readable)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:   # a start killed while writing its line
+            continue
+    return None
+
+
+def decoder_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """'pil 10.4.0 -> 11.0.0; ...' for the decoder versions that differ between two starts, or ''."""
+    old = (before or {}).get("image_decoder")
+    if not old:
+        return ""
+    new = now["image_decoder"]
+    return "; ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))

@@ -29,6 +29,7 @@ from vit_jax import validate as validate_lib
 from vit_jax import workdir as workdir_lib
 from vit_jax.data import train_loader
 from vit_jax.data.device_prefetch import DevicePrefetch
+from vit_jax.data.skipped_files import SkippedFiles
 from vit_jax.errors import Interrupted, NonFiniteError, WorkdirError
 from vit_jax.evaluate import evaluators as evaluators_lib
 from vit_jax.evaluate.context import EvalContext
@@ -213,8 +214,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     # .get: a workdir's config.json may predate the key
     on_device = plan.on_device or (lambda b: b)   # data.wire="uint8": the final normalize, here
 
+    skipped = SkippedFiles(plan.train_source)   # data.skip_bad_images: the unreadable files met
+
     def to_device(local: dict) -> dict:
-        return on_device(sharding.global_batch(local, mesh))
+        return on_device(sharding.global_batch(skipped.take(local), mesh))
     pipe = DevicePrefetch(pipe, to_device, config.data.get("device_prefetch", 0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     _log(f"{config.objective} | {config.model_name} | {n_params:,} params | mesh {dict(mesh.shape)} | "
@@ -288,6 +291,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                 ips, dt = progress.rate(step)
                 row = {k: v for k, v in last.items() if k.startswith("train/")}
                 row.update({"epoch": pipe.epoch(step), "perf/images_per_sec": ips, "perf/step_time": dt})
+                if config.data.get("skip_bad_images"):
+                    row["data/skipped_images"] = len(skipped)
                 writer.write(step, row)
                 progress.line(step, row, ips, dt)
             if is_last or any(ev.every and step % ev.every == 0 for ev in evaluators):

@@ -162,8 +162,16 @@ def begin(prior: Prior, config: Any, resuming: bool, log: Callable[[str], None] 
         kept = _aside(metrics_path, stamp)
         log(f"note: {prior.path} has metrics.jsonl but no checkpoint to resume from (deleted?); this run "
             f"starts at step 0 and the old metrics were moved to {kept}")
-    with open(os.path.join(prior.path, "environment.jsonl"), "a") as f:
-        f.write(json.dumps(environment.describe(config)) + "\n")
+    env_path = os.path.join(prior.path, "environment.jsonl")
+    now = environment.describe(config)
+    if resuming:
+        changed = environment.decoder_change(environment.last_start(env_path), now)
+        if changed:
+            log(f"note: the image decoder differs from the one this run started with ({changed}); "
+                "JPEG and PNG files may decode to other pixels from here on. To continue with the same "
+                "pixels, resume in the environment that environment.jsonl records")
+    with open(env_path, "a") as f:
+        f.write(json.dumps(now) + "\n")
     path = os.path.join(prior.path, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if os.path.exists(path):

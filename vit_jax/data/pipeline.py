@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vit_jax.data.skipped_files import unreadable_of, with_new_unreadable
 from vit_jax.durations import steps_per_epoch
 from vit_jax.errors import DataError
 
@@ -133,9 +134,13 @@ class TrainBatch:
         first = int(step) * self.global_batch + self.offset
         positions = range(first, first + self.local_batch)
         indices = [self.index(g) for g in positions]
+        unreadable = unreadable_of(self.source)
+        before = unreadable() if unreadable else frozenset()
         rows = read_rows(self.source, indices)
-        return stack([self.transform(row, np.random.default_rng([self.seed, g])) for row, g in zip(rows, positions)],
-                     lambda r: origin(self.source, indices[r]))
+        batch = stack([self.transform(row, np.random.default_rng([self.seed, g])) for row, g in zip(rows, positions)],
+                      lambda r: origin(self.source, indices[r]))
+        # the files this batch found unreadable and skipped, for the run's count (skipped_files.py)
+        return with_new_unreadable(batch, before, unreadable()) if unreadable else batch
 
 
 class EvalBatch:
