@@ -101,6 +101,17 @@ def test_frozen_protocols_read_the_mean_patch_token_on_request():
             load(path, ",mean")
 
 
+def test_imagenet_configs_feed_an_accelerator_from_worker_processes_in_uint8():
+    """The accelerator configs: grain worker processes, and uint8 to the devices (the wire, or
+    for EsViT its crops with the photometric chain in the step)."""
+    for path, arg in CASES:
+        if path.startswith("imagenet/"):
+            cfg = load(path, arg)
+            assert cfg.data.loader == "grain" and cfg.data.workers == 32, path
+            uint8 = cfg.data.wire == "uint8" or cfg.get("esvit", {}).get("photometric_on_device")
+            assert uint8 or cfg.objective == "eva", path   # EVA's host step needs the float image
+
+
 def test_every_config_file_is_covered():
     shipped = {os.path.relpath(p, os.path.join(ROOT, "configs"))
                for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)}

@@ -27,11 +27,13 @@ def get_config(arg: str = "tiny"):
     c.model_name = MODELS[size]
     c.model.update(dict(drop_path_rate=0.1))
     c.data.train_transform = "normalize('none')"   # the objective crops and normalises
+    c.data.wire = "float32"   # the objective's crops travel as uint8 (photometric_on_device below)
     c.esvit = objectives.default_config("esvit")
     c.esvit.update(dict(region=rest != ["v"], out_dim=65536, norm_last_layer=False,
                         global_size=224, local_size=96, num_local=8, pixel_stats="imagenet",
                         warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30,
-                        momentum_teacher=0.996, freeze_last_layer_epochs=1))
+                        momentum_teacher=0.996, freeze_last_layer_epochs=1,
+                        photometric_on_device=True))   # uint8 crops over PCIe, the chain in the step
     c.batch_size = 512
     c.num_epochs = 300
     c.optim.lr = 5e-4 * c.batch_size / 256

@@ -30,6 +30,7 @@ def get_config(arg: str = ""):
     c.eva.update(dict(teacher="hf:clip-vit-large-patch14", teacher_dtype="bfloat16", mask="block",
                       mask_count=105, min_block=16, init_std=0.015))
     c.data.train_transform = "rrc(224, scale=(0.2, 1.0))|flip|normalize('imagenet')"
+    c.data.wire = "float32"   # EVA's host step (prepare_example) reads the normalised image
     c.batch_size = 4096
     c.total_examples = 150 * 29_600_000   # EVA-01: 150 epochs of its 29.6M-image set
     c.optim.lr = 1e-3
