@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models.torch_init import default_kernel, trunc_normal_002
+from vit_jax.models.gelu import gelu
 from vit_jax.models.layers import Dtype
 
 Array = jax.Array
@@ -63,7 +64,7 @@ class DINOHead(nn.Module):
         for i, dense in enumerate(self.mlp):
             x = dense(x)
             if i < len(self.mlp) - 1:
-                x = nn.gelu(x, approximate=False)
+                x = gelu(x)
         x = x.astype(jnp.float32)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
         return self.last_layer(x)
