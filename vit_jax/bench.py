@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from vit_jax import aot, models, sharding
+from vit_jax import aot, host_memory, models, sharding
 
 # Dense peak TFLOP/s per device, by jax device_kind (bf16 unless noted).
 PEAK_TFLOPS = {
@@ -102,6 +102,7 @@ def main(argv=None) -> None:
     p.add_argument("--scan", action="store_true", help="--aot: the blocks as one nn.scan loop (model.scan)")
     p.add_argument("--accum", type=int, default=1, help="--aot: microbatches per step (gradient accumulation)")
     a = p.parse_args(argv)
+    host_memory.keep_freed_memory()   # the settings vit_jax.main runs with (host_memory.py)
     mesh = tuple(int(x) for x in a.mesh.split(","))
     if len(mesh) != 3:
         p.error(f"--mesh {a.mesh!r}: give three sizes data,fsdp,model, e.g. 8,8,1")

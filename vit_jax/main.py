@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from vit_jax import host_memory
 from vit_jax.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/quickstart.py[:ARG]",
@@ -233,6 +234,7 @@ def main(argv) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    host_memory.keep_freed_memory()   # before the backend's threads start (host_memory.py)
     maybe_initialize_distributed(_MULTIHOST.value)
     from vit_jax import train  # after distributed init: importing jax modules may touch devices
     try:
