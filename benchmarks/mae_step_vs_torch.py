@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from train_step_vs_torch import SIZES, compare, harness_args, ours, parse, report
+from train_step_vs_torch import SIZES, compare, harness_args, ours_run, parse, report
 from vit_jax.models.vit import VIT_SIZES
 
 DECODER = dict(width=512, depth=8, heads=16)   # vit_jax's mae defaults (MAE's ViT-B/L/H decoder)
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     a = parse(p, argv)
     size_name, patch, size = SIZES[a.model]
     width, depth, heads, _ = VIT_SIZES[size_name]
-    runs = {"ours": ours(a.model, a.batch, size, 1000, objective="mae")}
+    runs = {"ours": ours_run(a, a.model, a.batch, size, 1000, objective="mae")}
     ours_params = runs["ours"].num_params
     model = TorchMAE(size, patch, width, depth, heads).train()
     if trainable(model) != ours_params:

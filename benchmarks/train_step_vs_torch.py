@@ -7,12 +7,15 @@ global-norm clipping, donated state). PyTorch: transformers' ViTForImageClassifi
 size with sdpa attention, cross-entropy, clip_grad_norm_ and torch.optim.AdamW, float32, eager.
 Each repeat times `--steps` steps of ours, then `--steps` of PyTorch's (after warm-up steps of
 both), so both see the same machine state; the medians over repeats and their ratio are printed,
-last as `ratio_ours_over_torch: X` (images/s, > 1: ours faster).
+last as `ratio_ours_over_torch: X` (images/s, > 1: ours faster). `--processes` steps ours in a
+child process (each framework with its own allocator and threads), still alternating.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import statistics
 import time
 
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 import transformers
 
-from vit_jax import aot, sharding
+from vit_jax import aot, host_memory, sharding
 from vit_jax.models.vit import VIT_SIZES
 
 SIZES = {"vit_tiny_patch16_224": ("tiny", 16, 224), "vit_small_patch16_224": ("small", 16, 224),
@@ -71,7 +74,40 @@ def theirs(size_name: str, patch: int, batch: int, size: int, classes: int):
     return run
 
 
+class InChild:
+    """A run built and stepped in a process of its own (`--processes`): `factory(*args)` there,
+    one window per request. Each framework then has its own allocator and thread pools, so
+    neither's memory or spinning threads are in the other's way; the windows still alternate."""
+
+    def __init__(self, factory, args: tuple, keep_host_memory: bool):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # daemon: ended with this process
+        self.proc = ctx.Process(target=_serve, args=(child, factory, args, keep_host_memory), daemon=True)
+        self.proc.start()
+        self.num_params = self.conn.recv()
+
+    def window(self, steps: int) -> float:
+        self.conn.send(steps)
+        return self.conn.recv()
+
+
+def _serve(conn, factory, args: tuple, keep_host_memory: bool) -> None:
+    if keep_host_memory:
+        host_memory.keep_freed_memory()
+    run = factory(*args)
+    conn.send(getattr(run, "num_params", None))
+    while True:
+        try:
+            steps = conn.recv()
+        except EOFError:   # the parent is done
+            return
+        conn.send(window(run, steps))
+
+
 def window(run, steps: int) -> float:
+    if isinstance(run, InChild):
+        return run.window(steps)
     t0 = time.perf_counter()
     for _ in range(steps):
         run()
@@ -110,11 +146,28 @@ def harness_args(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--keep_host_memory", action="store_true",
+                   help="glibc keeps freed memory (vit_jax/host_memory.py, as vit_jax.main runs); "
+                        "in one process PyTorch's side runs with it too; with --processes ours only")
+    p.add_argument("--processes", action="store_true",
+                   help="ours in a child process of its own, PyTorch's in this one (InChild)")
+    p.add_argument("--torch_keep_host_memory", action="store_true",
+                   help="with --processes: PyTorch's process keeps freed memory too (the same glibc settings)")
     return p
+
+
+def ours_run(a: argparse.Namespace, *args, **kw):
+    """`ours(*args, **kw)` here, or with --processes in a child process (`InChild`)."""
+    if a.processes:
+        return InChild(functools.partial(ours, **kw), args, a.keep_host_memory)
+    return ours(*args, **kw)
 
 
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
+    here = (a.keep_host_memory and not a.processes) or (a.torch_keep_host_memory and a.processes)
+    if here and not host_memory.keep_freed_memory():
+        raise SystemExit("--keep_host_memory: not applied (needs glibc; VIT_JAX_KEEP_HOST_MEMORY=0 is set?)")
     if a.threads:
         torch.set_num_threads(a.threads)
     return a
@@ -125,7 +178,7 @@ def main(argv=None) -> None:
     p.add_argument("--classes", type=int, default=1000)
     a = parse(p, argv)
     size_name, patch, size = SIZES[a.model]
-    runs = {"ours": ours(a.model, a.batch, size, a.classes),
+    runs = {"ours": ours_run(a, a.model, a.batch, size, a.classes),
             "torch": theirs(size_name, patch, a.batch, size, a.classes)}
     report(compare(runs, a.warmup, a.steps, a.repeats), a.batch, model=a.model)
 

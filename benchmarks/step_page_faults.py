@@ -1,0 +1,54 @@
+"""Page faults and system time of single train steps (vit_jax.bench's step), with or without
+vit_jax/host_memory.py's glibc settings.
+
+    python benchmarks/step_page_faults.py --model vit_small_patch16_224 --batch 32 --steps 3 [--keep_host_memory]
+
+After one warm-up step, each step is timed alone and `resource.getrusage` gives the minor page
+faults and the system / user CPU seconds it cost; one JSON line per step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import jax
+import numpy as np
+
+from vit_jax import aot, host_memory, sharding
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--keep_host_memory", action="store_true", help="apply host_memory.keep_freed_memory first")
+    a = p.parse_args(argv)
+    if a.keep_host_memory and not host_memory.keep_freed_memory():
+        raise SystemExit("--keep_host_memory: not applied (needs glibc)")
+    mesh = sharding.make_mesh(-1, 1, 1)
+    built = aot.build_step(a.model, a.batch, a.image_size, mesh, dtype="float32", num_classes=1000)
+    state = built["init"](jax.random.PRNGKey(0))
+    rs = np.random.default_rng(0)
+    data = sharding.global_batch({
+        "image": rs.standard_normal((a.batch, a.image_size, a.image_size, 3), dtype=np.float32),
+        "label": rs.integers(0, 1000, a.batch).astype(np.int32)}, mesh)
+    with jax.set_mesh(mesh):
+        state, _ = built["step"](state, data)
+        jax.block_until_ready(state)
+        for i in range(a.steps):
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            state, _ = built["step"](state, data)
+            jax.block_until_ready(state)
+            dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"step": i, "seconds": round(dt, 3), "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                              "system_s": round(r1.ru_stime - r0.ru_stime, 2),
+                              "user_s": round(r1.ru_utime - r0.ru_utime, 2),
+                              "keep_host_memory": a.keep_host_memory}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Where XLA:CPU spends a train step: a jax.profiler trace of vit_jax.bench's step, each executed
+HLO instruction's time, grouped by who runs it (a kernel library: matmuls, convolutions, some
+reductions; or XLA's own elementwise loops and copies) and by its output shape.
+
+    python benchmarks/step_profile.py --model vit_small_patch16_224 --batch 32 [--top 20]
+
+Prints the groups by total time, then the `--top` instructions with the op they came from
+(their metadata's op_name). Thunks may overlap on several cores: the sums can exceed the step.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+import numpy as np
+
+from vit_jax import aot, sharding
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--top", type=int, default=20)
+    a = p.parse_args(argv)
+    mesh = sharding.make_mesh(-1, 1, 1)
+    built = aot.build_step(a.model, a.batch, a.image_size, mesh, dtype="float32", num_classes=1000)
+    state, step = built["init"](jax.random.PRNGKey(0)), built["step"]
+    rs = np.random.default_rng(0)
+    data = sharding.global_batch({
+        "image": rs.standard_normal((a.batch, a.image_size, a.image_size, 3), dtype=np.float32),
+        "label": rs.integers(0, 1000, a.batch).astype(np.int32)}, mesh)
+    with jax.set_mesh(mesh), tempfile.TemporaryDirectory() as d:
+        hlo = step.lower(state, data).compile().as_text()
+        for _ in range(2):
+            state, _ = step(state, data)
+        jax.block_until_ready(state)
+        jax.profiler.start_trace(d, create_perfetto_trace=True)
+        state, _ = step(state, data)
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    spent: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X":
+            spent[e["name"]] += e.get("dur", 0) / 1e3
+    lines = {}
+    for line in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
+        if m:
+            lines[m.group(1)] = line
+    groups: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    found = [(ms, name) for name, ms in spent.items() if name in lines]
+    for ms, name in found:
+        shape = lines[name].split(" = ")[1].split(" ")[0].split("{")[0]
+        # XLA:CPU names the fusions it hands to its kernel libraries (matmuls, convolutions and
+        # some reductions) ynn_, xnn_, onednn_; the rest is XLA's own loops and copies
+        kind = "library" if re.match(r"(ynn|xnn|onednn)_fusion|convolution|dot|custom-call", name) else "xla"
+        groups[(kind, shape)] += ms
+        counts[(kind, shape)] += 1
+    print(json.dumps({"model": a.model, "batch": a.batch, "instructions_ms": round(sum(ms for ms, _ in found), 1)}))
+    for (kind, shape), ms in groups.most_common(25):
+        print(f"{ms:9.1f} ms {counts[(kind, shape)]:4d}x  {kind:12s} {shape}")
+    print()
+    for ms, name in sorted(found, reverse=True)[:a.top]:
+        op = re.search(r'op_name="([^"]+)"', lines[name])
+        print(f"{ms:9.1f} ms  {name:34s} {op.group(1)[-90:] if op else ''}")
+
+
+if __name__ == "__main__":
+    main()
