@@ -4,8 +4,8 @@ XLA:CPU allocates a step's temporaries (the activations the backward pass keeps:
 the ViT-S/16 batch-32 train step) with malloc, from its worker threads, and frees them when the
 step ends. glibc hands blocks that large back to the kernel (they are mmap'ed chunks, or trimmed
 from the threads' arenas), so every step faults all of those pages in again and the kernel zeroes
-each one: about 1.1M page faults and 2.3 s of system time in a 7 s step on the 2-core development
-CPU. Three mallopt settings keep the memory in the process: one arena (the worker threads' blocks
+each one: about 1.1M page faults and 2.1-2.6 s of system time in a 7.4-7.9 s step on the 2-core
+development CPU (6.2-6.7 s without them). Three mallopt settings keep the memory in the process: one arena (the worker threads' blocks
 come from the main heap, which can grow without mmap), no mmap'ed chunks, and no trimming. After
 the first step a step then faults no page (BENCHMARKS.md: the step's time with and without).
 
