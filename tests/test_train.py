@@ -1,6 +1,7 @@
 """The training loop end to end on a tiny config: files, resume, accumulation, NaN guard."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,6 @@ def test_loss_at_init_is_log_num_classes():
 
 
 def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
-    import shutil
     workdir = str(tmp_path / "copy")
     shutil.copytree(finished_run[0], workdir)
     cfg = get_config()
@@ -75,7 +75,6 @@ def test_run_on_finished_workdir_resumes_and_extends(finished_run, tmp_path):
 def test_resume_notes_a_changed_image_decoder(finished_run, tmp_path, capsys):
     """A resume in an environment whose PIL / libjpeg differ from the last start's says so (the
     pixels of JPEG files may change); the same decoder says nothing."""
-    import shutil
     workdir = str(tmp_path / "copy")
     shutil.copytree(finished_run[0], workdir)
     env = os.path.join(workdir, "environment.jsonl")
