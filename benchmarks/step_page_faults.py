@@ -1,5 +1,5 @@
-"""Page faults and system time of single train steps (vit_jax.bench's step), with or without
-vit_jax/host_memory.py's glibc settings.
+"""Page faults and system time of single train steps (vit_jax.bench's step, as train_step_vs_torch.ours
+builds it), with or without vit_jax/host_memory.py's glibc settings (or any GLIBC_TUNABLES given).
 
     python benchmarks/step_page_faults.py --model vit_small_patch16_224 --batch 32 --steps 3 [--keep_host_memory]
 
@@ -13,10 +13,8 @@ import json
 import resource
 import time
 
-import jax
-import numpy as np
-
-from vit_jax import aot, host_memory, sharding
+from train_step_vs_torch import ours
+from vit_jax import host_memory
 
 
 def main(argv=None) -> None:
@@ -29,25 +27,16 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.keep_host_memory and not host_memory.keep_freed_memory():
         raise SystemExit("--keep_host_memory: not applied (needs glibc)")
-    mesh = sharding.make_mesh(-1, 1, 1)
-    built = aot.build_step(a.model, a.batch, a.image_size, mesh, dtype="float32", num_classes=1000)
-    state = built["init"](jax.random.PRNGKey(0))
-    rs = np.random.default_rng(0)
-    data = sharding.global_batch({
-        "image": rs.standard_normal((a.batch, a.image_size, a.image_size, 3), dtype=np.float32),
-        "label": rs.integers(0, 1000, a.batch).astype(np.int32)}, mesh)
-    with jax.set_mesh(mesh):
-        state, _ = built["step"](state, data)
-        jax.block_until_ready(state)
-        for i in range(a.steps):
-            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            state, _ = built["step"](state, data)
-            jax.block_until_ready(state)
-            dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-            print(json.dumps({"step": i, "seconds": round(dt, 3), "minor_faults": r1.ru_minflt - r0.ru_minflt,
-                              "system_s": round(r1.ru_stime - r0.ru_stime, 2),
-                              "user_s": round(r1.ru_utime - r0.ru_utime, 2),
-                              "keep_host_memory": a.keep_host_memory}), flush=True)
+    step = ours(a.model, a.batch, a.image_size, 1000)   # benchmarks/train_step_vs_torch.py's step
+    step()
+    for i in range(a.steps):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        step()
+        dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"step": i, "seconds": round(dt, 3), "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                          "system_s": round(r1.ru_stime - r0.ru_stime, 2),
+                          "user_s": round(r1.ru_utime - r0.ru_utime, 2),
+                          "keep_host_memory": a.keep_host_memory}), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import re
 import tempfile
 
 import jax
-import numpy as np
 
-from vit_jax import aot, sharding
+from train_step_vs_torch import ours
 
 
 def main(argv=None) -> None:
@@ -30,21 +29,12 @@ def main(argv=None) -> None:
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--top", type=int, default=20)
     a = p.parse_args(argv)
-    mesh = sharding.make_mesh(-1, 1, 1)
-    built = aot.build_step(a.model, a.batch, a.image_size, mesh, dtype="float32", num_classes=1000)
-    state, step = built["init"](jax.random.PRNGKey(0)), built["step"]
-    rs = np.random.default_rng(0)
-    data = sharding.global_batch({
-        "image": rs.standard_normal((a.batch, a.image_size, a.image_size, 3), dtype=np.float32),
-        "label": rs.integers(0, 1000, a.batch).astype(np.int32)}, mesh)
-    with jax.set_mesh(mesh), tempfile.TemporaryDirectory() as d:
-        hlo = step.lower(state, data).compile().as_text()
-        for _ in range(2):
-            state, _ = step(state, data)
-        jax.block_until_ready(state)
+    step = ours(a.model, a.batch, a.image_size, 1000)   # benchmarks/train_step_vs_torch.py's step
+    hlo = step.hlo_text()
+    step(), step()
+    with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d, create_perfetto_trace=True)
-        state, _ = step(state, data)
-        jax.block_until_ready(state)
+        step()
         jax.profiler.stop_trace()
         trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
     events = trace["traceEvents"] if isinstance(trace, dict) else trace

@@ -33,7 +33,7 @@ SIZES = {"vit_tiny_patch16_224": ("tiny", 16, 224), "vit_small_patch16_224": ("s
 
 def ours(model: str, batch: int, size: int, classes: int, objective: str = "supervised"):
     """-> step(): one train step of ours under `objective`, blocking until it is done;
-    step.num_params: the trained parameters' count."""
+    step.num_params: the trained parameters' count; step.hlo_text(): the compiled step's HLO."""
     mesh = sharding.make_mesh(-1, 1, 1)
     built = aot.build_step(model, batch, size, mesh, objective=objective, dtype="float32",
                            num_classes=classes)
@@ -48,6 +48,7 @@ def ours(model: str, batch: int, size: int, classes: int, objective: str = "supe
         box[0], metrics = step(box[0], data)
         jax.block_until_ready(metrics)
     run.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    run.hlo_text = lambda: step.lower(box[0], data).compile().as_text()   # for step_profile.py
     return run
 
 
