@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.gelu import gelu
+from vit_jax.models.layer_norm import LayerNorm
 
 Array = jax.Array
 Dtype = Any
@@ -125,9 +126,8 @@ def make_norm(kind: str = "layernorm", eps: float = 1e-6, *, dtype: Dtype = jnp.
               param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
     """A normalisation layer over the last axis: "layernorm" (scale, bias) or "rmsnorm" (scale)."""
     if kind == "layernorm":
-        # use_fast_variance=False: E[(x-mean)^2] like torch, not E[x^2]-mean^2 (parity, bf16 safety).
-        return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
-                            use_fast_variance=False, name=name)
+        # flax's LayerNorm (E[(x-mean)^2] like torch), with a hand-written derivative
+        return LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
     if kind == "rmsnorm":
         return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
     raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'.")
