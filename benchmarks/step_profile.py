@@ -2,10 +2,11 @@
 HLO instruction's time, grouped by who runs it (a kernel library: matmuls, convolutions, some
 reductions; or XLA's own elementwise loops and copies) and by its output shape.
 
-    python benchmarks/step_profile.py --model vit_small_patch16_224 --batch 32 [--top 20]
+    python benchmarks/step_profile.py --model vit_small_patch16_224 --batch 32 [--top 20] [--block blocks_5/]
 
 Prints the groups by total time, then the `--top` instructions with the op they came from
-(their metadata's op_name). Thunks may overlap on several cores: the sums can exceed the step.
+(their metadata's op_name); with `--block`, every instruction of that block (op_name contains
+the text) in the order they ran, forward and backward. Thunks may overlap on several cores: the sums can exceed the step.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--block", default="", help="e.g. blocks_5/: that block's instructions in order")
+    p.add_argument("--objective", default="supervised", help="supervised or mae")
     a = p.parse_args(argv)
-    step = ours(a.model, a.batch, a.image_size, 1000)   # benchmarks/train_step_vs_torch.py's step
+    step = ours(a.model, a.batch, a.image_size, 1000, objective=a.objective)   # benchmarks/train_step_vs_torch.py's step
     hlo = step.hlo_text()
     step(), step()
     with tempfile.TemporaryDirectory() as d:
@@ -39,9 +42,11 @@ def main(argv=None) -> None:
         trace = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     spent: collections.Counter = collections.Counter()
+    started: dict[str, float] = {}
     for e in events:
         if e.get("ph") == "X":
             spent[e["name"]] += e.get("dur", 0) / 1e3
+            started.setdefault(e["name"], e["ts"])
     lines = {}
     for line in hlo.splitlines():
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
@@ -64,6 +69,17 @@ def main(argv=None) -> None:
     for ms, name in sorted(found, reverse=True)[:a.top]:
         op = re.search(r'op_name="([^"]+)"', lines[name])
         print(f"{ms:9.1f} ms  {name:34s} {op.group(1)[-90:] if op else ''}")
+    if a.block:
+        print(f"\n{a.block}: each instruction in the order it started")
+        total = 0.0
+        for name in sorted((n for _, n in found), key=started.get):
+            op = re.search(r'op_name="([^"]+)"', lines[name])
+            if op and a.block in op.group(1):
+                shape = lines[name].split(" = ")[1].split(" ")[0].split("{")[0]
+                way = "bwd" if "transpose(" in op.group(1) else "fwd"
+                print(f"{spent[name]:8.2f} ms  {way}  {name:30s} {shape:22s} {op.group(1).split(a.block)[-1][:60]}")
+                total += spent[name]
+        print(f"{total:8.1f} ms  {a.block} in all")
 
 
 if __name__ == "__main__":
