@@ -23,8 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.gelu import gelu
-from vit_jax.models.layer_norm import LayerNorm
-from vit_jax.models.softmax_attention import softmax_attention
 
 Array = jax.Array
 Dtype = Any
@@ -127,8 +125,9 @@ def make_norm(kind: str = "layernorm", eps: float = 1e-6, *, dtype: Dtype = jnp.
               param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
     """A normalisation layer over the last axis: "layernorm" (scale, bias) or "rmsnorm" (scale)."""
     if kind == "layernorm":
-        # flax's LayerNorm (E[(x-mean)^2] like torch), with a hand-written derivative
-        return LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+        # use_fast_variance=False: E[(x-mean)^2] like torch, not E[x^2]-mean^2 (parity, bf16 safety).
+        return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                            use_fast_variance=False, name=name)
     if kind == "rmsnorm":
         return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
     raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'.")
@@ -194,17 +193,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
     benchmarks/step_parts_vs_torch.py). Otherwise the explicit path with the softmax in float32;
     it agrees with the fast path to float rounding, so recorded weights are the ones the model uses.
     The explicit path works head-major, (B, H, L, hd): XLA:CPU's batched matmuls want the batch
-    axes leading (the token-major einsum took 183 ms there). The CPU fast path is
-    `softmax_attention`, whose hand-written derivative takes the softmax's backward term from the
-    (L, hd) output instead of the (L, L) weights.
+    axes leading (the token-major einsum took 183 ms there).
     """
     active_dropout = not deterministic and dropout > 0.0
     fast = not bias and not active_dropout and record is None
     if fast and jax.default_backend() != "cpu":
         return jax.nn.dot_product_attention(q, k, v, scale=scale)
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q * scale, k, v))   # q scaled: L x hd, not L x L
-    if fast:
-        return jnp.swapaxes(softmax_attention(qh, kh, vh), 1, 2)
     logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh).astype(jnp.float32)
     for term in bias:
         logits = logits + term
