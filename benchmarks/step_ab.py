@@ -3,6 +3,7 @@ timed in alternating windows on the same machine at the same time.
 
     git worktree add /tmp/before <commit>
     python benchmarks/step_ab.py --before /tmp/before [--objective mae] --steps 1 --repeats 10
+    python benchmarks/step_ab.py --before . --after_xla_flags=--xla_cpu_use_fusion_emitters=false
 
 Each side builds `train_step_vs_torch.ours` (vit_jax.bench's step) from its own checkout, with
 glibc keeping freed memory (as vit_jax.main runs). Alternating windows put a noisy neighbour's
@@ -51,14 +52,22 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--before_xla_flags", default=None, help="XLA_FLAGS for the before side's process")
+    p.add_argument("--after_xla_flags", default=None, help="XLA_FLAGS for the after side's process")
     a = p.parse_args(argv)
     for tree in (a.before, a.after):
         if not os.path.isdir(os.path.join(tree, "vit_jax")):
             raise SystemExit(f"{tree} holds no vit_jax/: give a checkout of this repository")
     _, _, size = harness.SIZES[a.model]
-    runs = {side: harness.InChild(functools.partial(tree_step, tree, objective=a.objective),
-                                  (a.model, a.batch, size, 1000), keep_host_memory=True)
-            for side, tree in (("before", a.before), ("after", a.after))}
+    runs = {}
+    inherited = os.environ.get("XLA_FLAGS")
+    for side, tree, flags in (("before", a.before, a.before_xla_flags), ("after", a.after, a.after_xla_flags)):
+        # a spawned child starts with this process' environment as it is at the spawn
+        os.environ.pop("XLA_FLAGS", None)
+        if flags is not None or inherited is not None:
+            os.environ["XLA_FLAGS"] = flags if flags is not None else inherited
+        runs[side] = harness.InChild(functools.partial(tree_step, tree, objective=a.objective),
+                                     (a.model, a.batch, size, 1000), keep_host_memory=True)
     times = harness.compare(runs, a.warmup, a.steps, a.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"model": a.model, "objective": a.objective, "batch": a.batch,
