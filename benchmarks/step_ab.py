@@ -8,9 +8,9 @@ timed in alternating windows on the same machine at the same time.
 Each side builds `train_step_vs_torch.ours` (vit_jax.bench's step) from its own checkout, with
 glibc keeping freed memory (as vit_jax.main runs). Alternating windows put a noisy neighbour's
 slow seconds on both sides instead of one; run one after the other, two runs of the same code
-differ by 5-10 % on the 2-core development machine. Prints the windows, the medians and
-`after_over_before: X` (images/s; > 1: the change is faster). Two steps of ViT-S/16 b32 hold
-about 9 GB each: mind the memory for larger models.
+differed by 5-20 % on the 2-core development machine. Prints the windows, the medians and
+`after_over_before: X` (images/s; > 1: the change is faster). Each side's process keeps its peak
+heap, about 9 GB for ViT-S/16 b32: mind the memory for larger models.
 """
 from __future__ import annotations
 

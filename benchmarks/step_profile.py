@@ -6,7 +6,8 @@ reductions; or XLA's own elementwise loops and copies) and by its output shape.
 
 Prints the groups by total time, then the `--top` instructions with the op they came from
 (their metadata's op_name); with `--block`, every instruction of that block (op_name contains
-the text) in the order they ran, forward and backward. Thunks may overlap on several cores: the sums can exceed the step.
+the text) in the order they ran, forward and backward. Thunks may overlap on several cores: the
+sums can exceed the step.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def main(argv=None) -> None:
     p.add_argument("--block", default="", help="e.g. blocks_5/: that block's instructions in order")
     p.add_argument("--objective", default="supervised", help="supervised or mae")
     a = p.parse_args(argv)
-    step = ours(a.model, a.batch, a.image_size, 1000, objective=a.objective)   # benchmarks/train_step_vs_torch.py's step
+    # benchmarks/train_step_vs_torch.py's step
+    step = ours(a.model, a.batch, a.image_size, 1000, objective=a.objective)
     hlo = step.hlo_text()
     step(), step()
     with tempfile.TemporaryDirectory() as d:
