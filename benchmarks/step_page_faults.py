@@ -8,26 +8,22 @@ faults and the system / user CPU seconds it cost; one JSON line per step.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
 
-from train_step_vs_torch import ours
+from train_step_vs_torch import one_step, one_step_args
 from vit_jax import host_memory
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vit_small_patch16_224")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=224)
+    p = one_step_args(__doc__)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--keep_host_memory", action="store_true", help="apply host_memory.keep_freed_memory first")
     a = p.parse_args(argv)
     if a.keep_host_memory and not host_memory.keep_freed_memory():
         raise SystemExit("--keep_host_memory: not applied (needs glibc)")
-    step = ours(a.model, a.batch, a.image_size, 1000)   # benchmarks/train_step_vs_torch.py's step
+    step = one_step(a)
     step()
     for i in range(a.steps):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -11,7 +11,6 @@ sums can exceed the step.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -21,20 +20,15 @@ import tempfile
 
 import jax
 
-from train_step_vs_torch import ours
+from train_step_vs_torch import one_step, one_step_args
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vit_small_patch16_224")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=224)
+    p = one_step_args(__doc__)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--block", default="", help="e.g. blocks_5/: that block's instructions in order")
-    p.add_argument("--objective", default="supervised", help="supervised or mae")
     a = p.parse_args(argv)
-    # benchmarks/train_step_vs_torch.py's step
-    step = ours(a.model, a.batch, a.image_size, 1000, objective=a.objective)
+    step = one_step(a)
     hlo = step.hlo_text()
     step(), step()
     with tempfile.TemporaryDirectory() as d:

@@ -138,6 +138,22 @@ def report(times: dict[str, list[float]], batch: int, **fields) -> None:
             print(f"ratio_ours_over_{k}: {med[k] / med['ours']:.3f}")
 
 
+def one_step_args(doc: str) -> argparse.ArgumentParser:
+    """The options of the scripts that look inside one of our steps (`ours`): model, batch,
+    image size, objective."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--objective", default="supervised", help="supervised or mae")
+    return p
+
+
+def one_step(a: argparse.Namespace):
+    """`ours` for the options of `one_step_args`, 1000 classes."""
+    return ours(a.model, a.batch, a.image_size, 1000, objective=a.objective)
+
+
 def harness_args(doc: str) -> argparse.ArgumentParser:
     """The options every side-by-side step benchmark takes (model, batch, windows, torch threads)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
