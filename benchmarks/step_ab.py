@@ -31,8 +31,7 @@ def tree_step(tree: str, *args, **kw):
     if os.path.realpath(tree) != os.path.realpath(HERE):
         for name in [m for m in sys.modules if m.split(".")[0] in ("vit_jax", "train_step_vs_torch")]:
             del sys.modules[name]
-        # the editable install's finder would resolve vit_jax to this checkout first
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+        # a spawned child starts with the parent's sys.path (PYTHONPATH set for it alone is lost)
         sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
     import train_step_vs_torch
     import vit_jax
