@@ -173,9 +173,6 @@ def attention_recorder(module: nn.Module) -> Recorder | None:
     return None
 
 
-CPU_ATTENTION_CHUNKS = 16
-
-
 def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
                           bias: Sequence[Array] = (), dropout: float = 0.0,
                           deterministic: bool = True, record: Recorder | None = None) -> Array:
@@ -202,14 +199,6 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float,
     fast = not bias and not active_dropout and record is None
     if fast and jax.default_backend() != "cpu":
         return jax.nn.dot_product_attention(q, k, v, scale=scale)
-    if fast and q.shape[0] >= CPU_ATTENTION_CHUNKS:
-        # XLA:CPU's thunk executor hands ready thunks to a second core only when more than 8
-        # are ready at once, and YNNPACK runs each batched product on one core: independent
-        # batch chunks give the executor enough ready work for both cores.
-        n = CPU_ATTENTION_CHUNKS
-        bounds = [round(i * q.shape[0] / n) for i in range(n + 1)]
-        return jnp.concatenate([dot_product_attention(q[s:e], k[s:e], v[s:e], scale=scale)
-                                for s, e in zip(bounds[:-1], bounds[1:]) if e > s], axis=0)
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q * scale, k, v))   # q scaled: L x hd, not L x L
     logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh).astype(jnp.float32)
     for term in bias:
