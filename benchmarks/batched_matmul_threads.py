@@ -7,6 +7,10 @@ ViT-S/16 b32's attention is 192 (batch x heads) products of (197, 64) and (197, 
 0.95 GFLOP each. The forms are the six products of attention's forward and backward. For each:
 the median time of `--repeats` calls, GFLOP/s, CPU time over wall time (1.0: one core busy,
 2.0: both), and the kernel XLA compiled it to (ynn_fusion: YNNPACK; dot: XLA's own / Eigen).
+
+Then the logits form again with the same FLOPs in fewer, taller products, (batch / f, rows * f)
+queries against (batch / f, rows) keys: which shapes YNNPACK spreads over both cores (it splits
+a product's rows, not its batch).
 """
 from __future__ import annotations
 
@@ -74,6 +78,16 @@ def main(argv=None) -> None:
                           "ours_cpu_over_wall": round(ours_cores, 2),
                           "torch_ms": round(1e3 * theirs, 2), "torch_gflops": round(gflop / theirs, 1),
                           "torch_cpu_over_wall": round(theirs_cores, 2)}))
+    f = jax.jit(lambda x, y: jnp.einsum("bmk,bnk->bmn", x, y))
+    for taller in [t for t in (1, 2, 4, 6, 32, a.batch) if a.batch % t == 0]:
+        b, m = a.batch // taller, a.rows * taller
+        x = jnp.asarray(rng.standard_normal((b, m, a.depth), dtype=np.float32))
+        y = jnp.asarray(rng.standard_normal((b, a.rows, a.depth), dtype=np.float32))
+        ours, ours_cores = timed(lambda: f(x, y).block_until_ready(), a.repeats)
+        print(json.dumps({"product": "logits, same FLOPs, taller", "batch": b, "query_rows": m,
+                          "ours_ms": round(1e3 * ours, 2),
+                          "ours_gflops": round(2 * b * m * a.rows * a.depth / 1e9 / ours, 1),
+                          "ours_cpu_over_wall": round(ours_cores, 2)}))
 
 
 if __name__ == "__main__":
