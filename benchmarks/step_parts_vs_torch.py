@@ -1,12 +1,14 @@
 """Where a ViT train step's time goes on this CPU: its parts, ours (jitted JAX) against PyTorch's.
 
-    python benchmarks/step_parts_vs_torch.py --batch 32 --repeats 5
+    python benchmarks/step_parts_vs_torch.py --batch 32 --repeats 5 [--keep_host_memory]
 
 Shapes of ViT-S/16 at 224 px (197 tokens, width 384, 6 heads, MLP 1536). Each part runs forward and
 backward (gradients of a sum) on both sides, except the forward-only matmul; the optimizer part is one AdamW update of 22M float32
 parameters (optax.adamw against torch.optim.AdamW). Backward passes start from a fixed random
 cotangent, the same on both sides. Prints one JSON line per part with the medians
-(ms) and ours / torch's time (< 1: ours faster).
+(ms) and ours / torch's time (< 1: ours faster). `--keep_host_memory`: glibc keeps freed memory
+(vit_jax/host_memory.py, as vit_jax.main runs; torch's side in this process runs with it too), so
+no part pays for faulting its temporaries in again on every call.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import optax
 import torch
 import transformers
 
+from vit_jax import host_memory
 from vit_jax.models.layers import Block, MlpBlock, dot_product_attention
 
 D, H, MLP, L = 384, 6, 1536, 197
@@ -154,7 +157,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--keep_host_memory", action="store_true",
+                   help="glibc keeps freed memory (both sides, as vit_jax.main runs)")
     a = p.parse_args(argv)
+    if a.keep_host_memory:
+        host_memory.keep_freed_memory()
     todo = parts(a.batch)
     todo["AdamW update, 22M params"] = optimizer_parts()
     for name, (ours, theirs) in todo.items():
