@@ -160,8 +160,8 @@ def main(argv=None) -> None:
     p.add_argument("--keep_host_memory", action="store_true",
                    help="glibc keeps freed memory (both sides, as vit_jax.main runs)")
     a = p.parse_args(argv)
-    if a.keep_host_memory:
-        host_memory.keep_freed_memory()
+    if a.keep_host_memory and not host_memory.keep_freed_memory():
+        raise SystemExit("--keep_host_memory: not applied (needs glibc on Linux)")
     todo = parts(a.batch)
     todo["AdamW update, 22M params"] = optimizer_parts()
     for name, (ours, theirs) in todo.items():
